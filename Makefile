@@ -1,0 +1,16 @@
+PY := .venv/bin/python
+
+.PHONY: env test demo clean
+
+# Create .venv/ with the pinned stack (idempotent; a re-run takes well under a second).
+env:
+	bash scripts/setup_env.sh
+
+test: env
+	$(PY) -m pytest -q tests
+
+demo: env
+	$(PY) tools/run_demo.py
+
+clean:
+	rm -rf output demo_output

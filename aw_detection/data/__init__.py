@@ -1,0 +1,32 @@
+"""Datasets: the embedded synthetic shapes data, registered as shapes_train / shapes_val."""
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+from .shapes import SHAPES_CLASSES, SPLITS, ensure_shapes, generate_shapes, shapes_root
+
+
+def _load_shapes(split):
+    root = ensure_shapes()
+    return load_coco_json(os.path.join(root, f"{split}.json"), os.path.join(root, split),
+                          f"shapes_{split}")
+
+
+def register_shapes():
+    """Register shapes_<split> for every split (generated on first use)."""
+    root = shapes_root()
+    for split in SPLITS:
+        name = f"shapes_{split}"
+        if name in DatasetCatalog.list():
+            continue
+        DatasetCatalog.register(name, lambda split=split: _load_shapes(split))
+        MetadataCatalog.get(name).set(
+            thing_classes=list(SHAPES_CLASSES), evaluator_type="coco",
+            json_file=os.path.join(root, f"{split}.json"), image_root=os.path.join(root, split),
+        )
+
+
+register_shapes()
+
+from .custom import parse_dataset_arg, register_datasets  # noqa: E402
