@@ -35,9 +35,9 @@ def add_aw_config(cfg):
     # Key and value channels as fractions of the conv's output channels (kappa, upsilon).
     _C.MODEL.AA.KAPPA = 0.2
     _C.MODEL.AA.NU = 0.1
-    # Largest feature map side (after the stride-2 pooling) the relative tables cover; a
-    # larger map is an error. 64 covers res5 of inputs up to 2048 px.
-    _C.MODEL.AA.MAX_SIZE = 64
+    # Largest attention map side (after the stride-2 pooling) the relative tables cover; a
+    # larger map is an error. 128 covers res4 and res5 of COCO inputs (longest side 1333).
+    _C.MODEL.AA.MAX_SIZE = 128
 
     # "SGD" (Detectron2's optimizer) or "ADAMW". AdamW trains the small from-scratch demo
     # models much faster on CPU; COCO configs keep SGD as in the model zoo.

@@ -11,7 +11,7 @@ from detectron2.modeling import build_backbone, build_model
 
 from aw_detection import add_aw_config
 from aw_detection.engine import AWCheckpointer, load_config
-from aw_detection.layers import CBAM, AWConv2d, SqueezeExcitation
+from aw_detection.layers import CBAM, AAConv2d, AWConv2d, SqueezeExcitation
 from aw_detection.modeling.backbone import AttentionBasicBlock, AttentionBottleneckBlock
 
 from .conftest import ROOT
@@ -172,3 +172,41 @@ def test_c2_imagenet_pkl_loads_into_every_variant(tmp_path, caplog):
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "Some model parameters or buffers are not found" not in messages
     assert "attention parameter tensors are not in the checkpoint" in messages
+
+
+def test_aa_blocks_and_baseline_weights(tmp_path, caplog):
+    cfg = make_cfg(50, aw=True, **{"MODEL.AA.ENABLED": True, "MODEL.AA.MAX_SIZE": 16})
+    model = backbone(cfg).eval()
+    conv = model.bottom_up.res5[0].conv2
+    assert isinstance(conv, AAConv2d) and isinstance(conv.conv, AWConv2d)
+    assert isinstance(model.bottom_up.res4[0].conv2, AWConv2d)  # AW alone outside AA.STAGES
+    base = backbone(make_cfg(50))
+    path = str(tmp_path / "baseline.pth")
+    torch.save({"model": base.state_dict()}, path)
+    with caplog.at_level(logging.INFO):
+        AWCheckpointer(model).load(path)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "AA: 3 plain convs loaded" in messages
+    assert "Some model parameters" not in messages and "incompatible shapes" not in messages
+    n = conv.conv.out_channels
+    assert torch.equal(conv.conv.weight, base.bottom_up.res5[0].conv2.weight[:n])
+    assert torch.equal(conv.norm.weight, base.bottom_up.res5[0].conv2.norm.weight)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 160))
+    assert out["p5"].shape == (1, 256, 4, 5)
+
+
+def test_c2_pkl_loads_into_aa(tmp_path, caplog):
+    cfg = make_cfg(50, **{"MODEL.AA.ENABLED": True, "MODEL.BACKBONE.NAME": "build_aw_resnet_backbone"})
+    model = backbone(cfg)
+    plain = backbone(make_cfg(50, **{"MODEL.BACKBONE.NAME": "build_aw_resnet_backbone"}))
+    blobs = {_c2_name(k): torch.randn(v.shape).numpy() for k, v in plain.state_dict().items()
+             if not k.endswith(("running_mean", "running_var"))}
+    path = str(tmp_path / "R-50.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": blobs}, f)
+    with caplog.at_level(logging.INFO):
+        AWCheckpointer(model).load(path)
+    n = model.res5[1].conv2.conv.out_channels
+    assert torch.equal(model.res5[1].conv2.conv.weight, torch.from_numpy(blobs["res5_1_branch2b_w"][:n]))
+    assert "Some model parameters" not in " ".join(r.getMessage() for r in caplog.records)

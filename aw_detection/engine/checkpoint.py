@@ -2,7 +2,10 @@
 from collections import Counter
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from fvcore.common.checkpoint import _IncompatibleKeys
+
+from ..layers import AAConv2d
 
 __all__ = ["AWCheckpointer", "is_attention_param"]
 
@@ -17,7 +20,37 @@ def is_attention_param(name):
 class AWCheckpointer(DetectionCheckpointer):
     """Loading baseline or ImageNet weights into an attention model is expected to miss
     the attention parameters (they start at their neutral init): say so in one line and keep
-    Detectron2's warnings for everything else."""
+    Detectron2's warnings for everything else.
+
+    An AAConv2d replaces a plain conv ``P`` by a narrower branch ``P.conv``: a checkpoint's
+    plain ``P.weight`` (C_out filters) loads its first ``C_out - d_v`` filters into it.
+    """
+
+    def _load_model(self, checkpoint):
+        branches = {f"{name}.weight": (f"{name}.conv.weight", m)
+                    for name, m in self.model.named_modules() if isinstance(m, AAConv2d)}
+        if branches:
+            weights = checkpoint["model"]
+            if checkpoint.get("matching_heuristics", False):
+                # Match names (e.g. Caffe2's) against the plain-conv layout of the AA layers.
+                self._convert_ndarray_to_tensor(weights)
+                layout = self.model.state_dict()
+                for plain_key, (branch_key, layer) in branches.items():
+                    branch = layout.pop(branch_key)
+                    layout[plain_key] = branch.new_empty((layer.out_channels, *branch.shape[1:]))
+                weights = align_and_update_state_dicts(
+                    layout, weights, c2_conversion=checkpoint.get("__author__") == "Caffe2")
+                checkpoint["model"], checkpoint["matching_heuristics"] = weights, False
+            moved = 0
+            for plain_key, (branch_key, layer) in branches.items():
+                plain = weights.get(plain_key)
+                if plain is not None and branch_key not in weights and plain.shape[0] == layer.out_channels:
+                    weights[branch_key] = weights.pop(plain_key)[: layer.conv.out_channels]
+                    moved += 1
+            if moved:
+                self.logger.info(f"AA: {moved} plain convs loaded into AA conv branches "
+                                 "(their first C_out - d_v filters)")
+        return super()._load_model(checkpoint)
 
     def _log_incompatible_keys(self, incompatible):
         new = [k for k in incompatible.missing_keys if is_attention_param(k)]

@@ -16,7 +16,7 @@ from detectron2.modeling.backbone.resnet import (
     ResNet,
 )
 
-from ...layers import AWConv2d, create_act_attention
+from ...layers import AAConv2d, AWConv2d, aa_channels, create_act_attention
 
 __all__ = [
     "AttentionBasicBlock",
@@ -41,12 +41,30 @@ def to_aw_conv(conv, reduction, attention_groups):
     return aw
 
 
+def to_aa_conv(conv, heads, kappa, nu, max_size, aw=None):
+    """An AAConv2d replacing ``conv``; its conv branch starts from ``conv``'s first filters."""
+    if conv.groups != 1:
+        raise ValueError("MODEL.AA: grouped 3x3 convs (RESNETS.NUM_GROUPS > 1) are not supported")
+    key_channels, value_channels = aa_channels(conv.out_channels, heads, kappa, nu)
+    aa = AAConv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, heads=heads,
+        key_channels=key_channels, value_channels=value_channels, max_size=max_size,
+        aw=aw or False, dilation=conv.dilation, norm=conv.norm, activation=conv.activation,
+    )
+    aa.conv.weight.data.copy_(conv.weight.data[: aa.conv.out_channels])
+    return aa
+
+
 class _AttentionMixin:
-    def _add_attention(self, conv_names, out_channels, aw, act_attention, act_reduction):
-        """aw: None or dict(reduction=, attention_groups=) applied to the 3x3 convs."""
-        if aw is not None:
-            for name in conv_names:
-                setattr(self, name, to_aw_conv(getattr(self, name), **aw))
+    def _add_attention(self, conv_names, out_channels, aw, aa, act_attention, act_reduction):
+        """aw: None or AWConv2d kwargs; aa: None or to_aa_conv kwargs (its conv branch is AW
+        when aw is set too). Both apply to the 3x3 convs ``conv_names``."""
+        for name in conv_names:
+            conv = getattr(self, name)
+            if aa is not None:
+                setattr(self, name, to_aa_conv(conv, aw=aw, **aa))
+            elif aw is not None:
+                setattr(self, name, to_aw_conv(conv, **aw))
         self.act_attention = create_act_attention(act_attention, out_channels, act_reduction)
 
     def _residual(self, out, x):
@@ -57,12 +75,13 @@ class _AttentionMixin:
 
 
 class AttentionBottleneckBlock(_AttentionMixin, BottleneckBlock):
-    """Detectron2's BottleneckBlock; conv2 (the 3x3) may be AW, the branch output SE/CBAM."""
+    """Detectron2's BottleneckBlock; conv2 (the 3x3) may be AW and/or AA, the branch output
+    SE/CBAM."""
 
-    def __init__(self, in_channels, out_channels, *, aw=None, act_attention="",
+    def __init__(self, in_channels, out_channels, *, aw=None, aa=None, act_attention="",
                  act_reduction=16, **kwargs):
         super().__init__(in_channels, out_channels, **kwargs)
-        self._add_attention(("conv2",), out_channels, aw, act_attention, act_reduction)
+        self._add_attention(("conv2",), out_channels, aw, aa, act_attention, act_reduction)
 
     def forward(self, x):
         out = F.relu_(self.conv1(x))
@@ -71,12 +90,14 @@ class AttentionBottleneckBlock(_AttentionMixin, BottleneckBlock):
 
 
 class AttentionBasicBlock(_AttentionMixin, BasicBlock):
-    """Detectron2's BasicBlock (R-18/34); both 3x3 convs may be AW, the output SE/CBAM."""
+    """Detectron2's BasicBlock (R-18/34); both 3x3 convs may be AW and/or AA, the output
+    SE/CBAM."""
 
-    def __init__(self, in_channels, out_channels, *, aw=None, act_attention="",
+    def __init__(self, in_channels, out_channels, *, aw=None, aa=None, act_attention="",
                  act_reduction=16, **kwargs):
         super().__init__(in_channels, out_channels, **kwargs)
-        self._add_attention(("conv1", "conv2"), out_channels, aw, act_attention, act_reduction)
+        self._add_attention(("conv1", "conv2"), out_channels, aw, aa, act_attention,
+                            act_reduction)
 
     def forward(self, x):
         out = F.relu_(self.conv1(x))
@@ -89,6 +110,9 @@ def _stage_attention(cfg, stage):
     if cfg.MODEL.AW.ENABLED and stage in cfg.MODEL.AW.STAGES:
         kwargs["aw"] = dict(reduction=cfg.MODEL.AW.REDUCTION,
                             attention_groups=cfg.MODEL.AW.ATTENTION_GROUPS)
+    if cfg.MODEL.AA.ENABLED and stage in cfg.MODEL.AA.STAGES:
+        kwargs["aa"] = dict(heads=cfg.MODEL.AA.HEADS, kappa=cfg.MODEL.AA.KAPPA,
+                            nu=cfg.MODEL.AA.NU, max_size=cfg.MODEL.AA.MAX_SIZE)
     act = cfg.MODEL.ACT_ATTENTION
     if act.TYPE and stage in act.STAGES:
         kwargs["act_attention"] = act.TYPE
@@ -99,6 +123,7 @@ def _stage_attention(cfg, stage):
 def _check_stages(cfg):
     for key, enabled, stages in (
         ("MODEL.AW.STAGES", cfg.MODEL.AW.ENABLED, cfg.MODEL.AW.STAGES),
+        ("MODEL.AA.STAGES", cfg.MODEL.AA.ENABLED, cfg.MODEL.AA.STAGES),
         ("MODEL.ACT_ATTENTION.STAGES", bool(cfg.MODEL.ACT_ATTENTION.TYPE),
          cfg.MODEL.ACT_ATTENTION.STAGES),
     ):
