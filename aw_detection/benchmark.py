@@ -1,21 +1,35 @@
-"""Fair timing: candidates run interleaved in one process, medians compared to the first."""
+"""Fair cost measurements: candidates timed interleaved in one process, ratios to the first.
+
+Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU (no allocator statistics)
+the growth of the peak resident set of a fresh process that runs the candidate once.
+"""
+import multiprocessing
+import resource
 import statistics
 import time
 
 import torch
 
-__all__ = ["time_interleaved", "layer_benchmark", "RESNET50_3X3_SHAPES"]
+__all__ = [
+    "RESNET50_3X3_SHAPES",
+    "aa_memory_benchmark",
+    "layer_benchmark",
+    "model_benchmark",
+    "peak_memory_mb",
+    "synthetic_batch",
+    "time_interleaved",
+]
 
 # (stage, channels, height, width) of ResNet-50's 3x3 convs for an 800x1067 input.
 RESNET50_3X3_SHAPES = [("res3", 128, 100, 134), ("res4", 256, 50, 67), ("res5", 512, 25, 34)]
 
 
 def _sync(device):
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(candidates, iters=10, warmup=2, device=torch.device("cpu")):
+def time_interleaved(candidates, iters=10, warmup=2, device="cpu"):
     """Median seconds per call of each ``name -> fn``. Every round runs each candidate once,
     in a rotating order, so drift in machine speed hits all of them alike."""
     names = list(candidates)
@@ -33,11 +47,39 @@ def time_interleaved(candidates, iters=10, warmup=2, device=torch.device("cpu"))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _child_peak(make_fn, args, queue):
+    torch.set_num_threads(1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn = make_fn(*args)
+    ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - max(before, ready)) / 1024)
+
+
+def peak_memory_mb(make_fn, *args, device="cpu"):
+    """Peak extra memory (MiB) of one call of ``make_fn(*args)()``. ``make_fn`` builds the
+    candidate (not counted); it must be a picklable top-level function on CPU."""
+    if torch.device(device).type == "cuda":
+        fn = make_fn(*args)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - start) / 2 ** 20
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_peak, args=(make_fn, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
 def layer_benchmark(batch_sizes=(1, 2, 4), iters=10, device="cpu", attention_groups=(0, 8)):
     """AWConv2d against nn.Conv2d at ResNet-50 3x3 shapes; one row per setting."""
     from .layers import AWConv2d
 
-    device = torch.device(device)
     rows = []
     for stage, c, h, w in RESNET50_3X3_SHAPES:
         layers = {"conv": torch.nn.Conv2d(c, c, 3, padding=1, bias=False)}
@@ -47,19 +89,121 @@ def layer_benchmark(batch_sizes=(1, 2, 4), iters=10, device="cpu", attention_gro
         for n in batch_sizes:
             x = torch.randn(n, c, h, w, device=device)
             for mode in ("forward", "forward+backward"):
-                def make(layer):
-                    if mode == "forward":
-                        def run():
-                            with torch.no_grad():
-                                layer(x)
-                    else:
-                        def run():
-                            layer(x).sum().backward()
-                    return run
-                seconds = time_interleaved({k: make(v) for k, v in layers.items()}, iters,
-                                           device=device)
-                base = seconds["conv"]
+                seconds = time_interleaved(
+                    {k: _layer_step(v, x, mode == "forward") for k, v in layers.items()}, iters,
+                    device=device)
                 for name, s in seconds.items():
                     rows.append({"stage": stage, "batch": n, "mode": mode, "layer": name,
-                                 "ms": 1000 * s, "ratio": s / base})
+                                 "ms": 1000 * s, "ratio": s / seconds["conv"]})
+    return rows
+
+
+def _layer_step(layer, x, inference):
+    def run():
+        if inference:
+            with torch.no_grad():
+                layer(x)
+        else:
+            layer(x).sum().backward()
+    return run
+
+
+def _make_aa_step(stage, channels, h, w, impl, device="cpu"):
+    from .layers import AAConv2d, relative_logits_2d_naive
+
+    torch.manual_seed(0)
+    layer = AAConv2d(channels, channels, 3, heads=8, max_size=max(h, w),
+                     fused=impl == "fused").to(device).eval()
+    if impl == "naive":
+        layer.attention_branch.relative_logits = relative_logits_2d_naive
+    x = torch.randn(1, channels, h, w, device=device)
+
+    def run():
+        with torch.no_grad():
+            layer(x)
+    return run
+
+
+def aa_memory_benchmark(iters=5, device="cpu", stages=(("res4", 256, 50, 67), ("res5", 512, 25, 34))):
+    """AAConv2d (one image, stride 1) with fused SDPA, with an explicit softmax, and with the
+    naive (HW, HW, d) relative embedding: median ms and peak extra memory."""
+    rows = []
+    for stage, c, h, w in stages:
+        steps = {impl: _make_aa_step(stage, c, h, w, impl, device)
+                 for impl in ("fused", "explicit", "naive")}
+        seconds = time_interleaved(steps, iters, warmup=1, device=device)
+        for impl in ("fused", "explicit", "naive"):
+            rows.append({"stage": stage, "size": f"{h}x{w}", "impl": impl, "ms": 1000 * seconds[impl],
+                         "peak_mb": peak_memory_mb(_make_aa_step, stage, c, h, w, impl, device,
+                                                   device=device)})
+    return rows
+
+
+def synthetic_batch(cfg, batch_size, train, seed=0):
+    """Images (and, for training, 8 boxes per image) at the config's input size: the same
+    batch for every model compared, without needing the dataset on disk."""
+    from detectron2.structures import Boxes, Instances
+
+    gen = torch.Generator().manual_seed(seed)
+    h = max(cfg.INPUT.MIN_SIZE_TRAIN) if train else cfg.INPUT.MIN_SIZE_TEST
+    w = min(round(h * 4 / 3), cfg.INPUT.MAX_SIZE_TRAIN if train else cfg.INPUT.MAX_SIZE_TEST)
+    batch = []
+    for _ in range(batch_size):
+        item = {"image": torch.randint(0, 256, (3, h, w), generator=gen).float(),
+                "height": h, "width": w}
+        if train:
+            xy = torch.rand(8, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])
+            wh = (0.1 + torch.rand(8, 2, generator=gen) * 0.2) * torch.tensor([w, h])
+            inst = Instances((h, w))
+            inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+            inst.gt_classes = torch.randint(0, cfg.MODEL.ROI_HEADS.NUM_CLASSES, (8,), generator=gen)
+            item["instances"] = inst
+        batch.append(item)
+    return batch
+
+
+def _model_step(model, batch, train):
+    if train:
+        def run():
+            losses = model(batch)
+            sum(losses.values()).backward()
+            model.zero_grad(set_to_none=True)
+    else:
+        def run():
+            with torch.no_grad():
+                model(batch)
+    return run
+
+
+def _make_model_step(cfg, batch_size, train):
+    from detectron2.modeling import build_model
+
+    model = build_model(cfg)
+    model.train(train)
+    return _model_step(model, synthetic_batch(cfg, batch_size, train), train)
+
+
+def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory=True):
+    """One row per (name, cfg): params, GFLOPs, median s/iter (interleaved), ratio, peak MiB."""
+    from detectron2.modeling import build_model
+
+    from .analysis import model_statistics
+
+    train = task == "train"
+    rows, steps = [], {}
+    device = named_cfgs[0][1].MODEL.DEVICE
+    for name, cfg in named_cfgs:
+        model = build_model(cfg)
+        stats = model_statistics(cfg, model=model)
+        model.train(train)
+        steps[name] = _model_step(model, synthetic_batch(cfg, batch_size, train), train)
+        rows.append({"config": name, "params": stats["params"], "gflops": stats["gflops"],
+                     "input": stats["input"]})
+    seconds = time_interleaved(steps, iters, device=device)
+    first = seconds[rows[0]["config"]]
+    for row, (name, cfg) in zip(rows, named_cfgs):
+        row.update(task=task, batch_size=batch_size, device=device,
+                   seconds_per_iter=seconds[name], ratio_to_first=seconds[name] / first)
+        row["peak_memory_mb"] = (peak_memory_mb(_make_model_step, cfg, batch_size, train,
+                                                device=device) if memory else None)
     return rows

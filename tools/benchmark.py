@@ -1,32 +1,65 @@
 #!/usr/bin/env python
-"""Cost benchmarks, candidates timed side by side in one process.
+"""Cost benchmarks; candidates are timed interleaved in one process, ratios to the first.
 
-    tools/benchmark.py --task layer [--iters 10] [--output layer.json]
+    tools/benchmark.py --task inference --config-file BASE.yaml --config-file AW.yaml
+    tools/benchmark.py --task train --config-file BASE.yaml --config-file AW.yaml --iters 5
+    tools/benchmark.py --task layer    # AWConv2d vs nn.Conv2d at ResNet-50 3x3 shapes
+    tools/benchmark.py --task aa       # AAConv2d time and memory: fused / explicit / naive
 """
 import argparse
 import json
+import os
 
 import torch
 from tabulate import tabulate
 
-from aw_detection.benchmark import layer_benchmark
+import aw_detection  # noqa: F401  (registers backbones)
+from aw_detection.benchmark import aa_memory_benchmark, layer_benchmark, model_benchmark
+from aw_detection.engine import load_config
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=["layer"], default="layer")
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--task", choices=["inference", "train", "layer", "aa"], default="inference")
+    p.add_argument("--config-file", action="append", default=[], help="repeatable; first = baseline")
+    p.add_argument("--iters", type=int, default=10, help="timed iterations (after warm-up)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4], help="layer task")
+    p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--output", help="write the rows as JSON")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every config")
     args = p.parse_args()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    header = f"{device}, {torch.get_num_threads()} threads, median of {args.iters}"
 
-    rows = layer_benchmark(args.batch_sizes, args.iters, args.device)
-    print(f"AWConv2d vs nn.Conv2d, ResNet-50 3x3 shapes at 800x1067, {args.device}, "
-          f"{torch.get_num_threads()} threads, median of {args.iters}")
-    print(tabulate([[r["stage"], r["batch"], r["mode"], r["layer"], f'{r["ms"]:.1f}',
-                     f'{r["ratio"]:.2f}x'] for r in rows],
-                   headers=["stage", "N", "mode", "layer", "ms", "vs conv"], tablefmt="github"))
+    if args.task == "layer":
+        rows = layer_benchmark(args.batch_sizes, args.iters, device)
+        print(f"AWConv2d vs nn.Conv2d, ResNet-50 3x3 shapes at 800x1067, {header}")
+        table = [[r["stage"], r["batch"], r["mode"], r["layer"], f'{r["ms"]:.1f}', f'{r["ratio"]:.2f}x']
+                 for r in rows]
+        headers = ["stage", "N", "mode", "layer", "ms", "vs conv"]
+    elif args.task == "aa":
+        rows = aa_memory_benchmark(args.iters, device)
+        print(f"AAConv2d (8 heads, kappa=0.2, nu=0.1, 1 image), {header}")
+        table = [[r["stage"], r["size"], r["impl"], f'{r["ms"]:.1f}', f'{r["peak_mb"]:.0f}'] for r in rows]
+        headers = ["stage", "map", "relative logits / attention", "ms", "peak MiB"]
+    else:
+        if not args.config_file:
+            p.error(f"--task {args.task} needs at least one --config-file")
+        named = []
+        for path in args.config_file:
+            cfg = load_config(path, args.opts)
+            cfg.MODEL.DEVICE = device
+            named.append((os.path.splitext(os.path.basename(path))[0], cfg))
+        rows = model_benchmark(named, args.task, args.iters, args.batch_size, not args.no_memory)
+        h, w = rows[0]["input"]
+        print(f"{args.task}, batch {args.batch_size}, GFLOPs at {h}x{w}, {header}")
+        table = [[r["config"], f'{r["params"] / 1e6:.2f}', f'{r["gflops"]:.2f}',
+                  f'{r["seconds_per_iter"]:.3f}', f'{r["ratio_to_first"]:.2f}x',
+                  "-" if r["peak_memory_mb"] is None else f'{r["peak_memory_mb"]:.0f}'] for r in rows]
+        headers = ["config", "params (M)", "GFLOPs", "s/iter", "vs first", "peak MiB"]
+    print(tabulate(table, headers=headers, tablefmt="github"))
     if args.output:
         with open(args.output, "w") as f:
             json.dump(rows, f, indent=2)

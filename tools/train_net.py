@@ -3,43 +3,48 @@
 
     tools/train_net.py --config-file configs/demo/shapes_R_18_FPN.yaml
     tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
-    tools/train_net.py --config-file CFG --dataset mine_train=a.json:imgs ...
+    tools/train_net.py --config-file CFG --dataset mine_train=a.json:imgs \\
+        --dataset mine_val=b.json:imgs DATASETS.TRAIN '("mine_train",)' DATASETS.TEST '("mine_val",)'
 """
+import sys
+
 from detectron2.engine import default_argument_parser, launch
+from torch.multiprocessing import ProcessExitedException
 
 import aw_detection  # noqa: F401  (registers backbones and datasets)
-from aw_detection.data import register_datasets
-from aw_detection.engine import AWCheckpointer, Trainer, setup
+from aw_detection.engine import AWCheckpointer, Trainer, setup, user_errors
 
 
 def main(args):
-    register_datasets(args.dataset)  # in every worker: launch() spawns fresh processes
-    cfg = setup(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        AWCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    # Runs in every worker (launch() spawns fresh processes), so datasets register here.
+    run = {}
+    with user_errors(args.debug, run):
+        cfg = setup(args)
+        run["output_dir"] = cfg.OUTPUT_DIR
+        if args.eval_only:
+            model = Trainer.build_model(cfg)
+            AWCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+                cfg.MODEL.WEIGHTS, resume=args.resume
+            )
+            return Trainer.test(cfg, model)
+        trainer = run["trainer"] = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
 
 
 def parser():
     p = default_argument_parser()
-    p.add_argument("--dataset", action="append", default=[], metavar="NAME=ANNOTATIONS.json:IMAGE_DIR",
-                   help="register a COCO-format dataset under NAME (repeatable)")
+    p.add_argument("--dataset", action="append", default=[],
+                   metavar="NAME=ANNOTATIONS.json:IMAGE_DIR",
+                   help="register (and validate) a COCO-format dataset under NAME; repeatable")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     return p
 
 
 if __name__ == "__main__":
     args = parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    except ProcessExitedException as e:  # a worker already printed its error
+        sys.exit(e.exit_code)

@@ -29,4 +29,5 @@ def register_shapes():
 
 register_shapes()
 
-from .custom import parse_dataset_arg, register_datasets  # noqa: E402
+from .custom import parse_dataset_arg, prepare_datasets  # noqa: E402
+from .mapper import RobustDatasetMapper, read_image  # noqa: E402

@@ -5,6 +5,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from fvcore.common.checkpoint import _IncompatibleKeys
 
+from ..errors import UserError
 from ..layers import AAConv2d
 
 __all__ = ["AWCheckpointer", "is_attention_param"]
@@ -26,7 +27,24 @@ class AWCheckpointer(DetectionCheckpointer):
     plain ``P.weight`` (C_out filters) loads its first ``C_out - d_v`` filters into it.
     """
 
+    def load(self, path, *args, **kwargs):
+        """Detectron2's load, with one clear error for a file that is not a checkpoint."""
+        if not path:
+            return super().load(path, *args, **kwargs)
+        try:
+            return super().load(path, *args, **kwargs)
+        except UserError:
+            raise
+        except (OSError, AssertionError) as e:
+            raise UserError(f"MODEL.WEIGHTS {path} cannot be opened ({e}). Without internet, "
+                            "download it elsewhere and set MODEL.WEIGHTS to the local file") from e
+        except Exception as e:  # unpickling / zip / format errors: not a checkpoint
+            raise UserError(f"MODEL.WEIGHTS {path} is not a readable Detectron2 checkpoint "
+                            f"(.pth or .pkl): {type(e).__name__}: {e}") from e
+
     def _load_model(self, checkpoint):
+        if not isinstance(checkpoint.get("model"), dict):
+            raise UserError("the weights file holds no model state dict")
         branches = {f"{name}.weight": (f"{name}.conv.weight", m)
                     for name, m in self.model.named_modules() if isinstance(m, AAConv2d)}
         if branches:
@@ -50,7 +68,13 @@ class AWCheckpointer(DetectionCheckpointer):
             if moved:
                 self.logger.info(f"AA: {moved} plain convs loaded into AA conv branches "
                                  "(their first C_out - d_v filters)")
-        return super()._load_model(checkpoint)
+        incompatible = super()._load_model(checkpoint)
+        # Parameters, not buffers: BatchNorm fills in a missing num_batches_tracked itself.
+        params = {name for name, _ in self.model.named_parameters()}
+        if params and params <= set(incompatible.missing_keys):
+            raise UserError("the weights match none of the model's parameters: are they for "
+                            "this architecture (MODEL.RESNETS.DEPTH, heads)?")
+        return incompatible
 
     def _log_incompatible_keys(self, incompatible):
         new = [k for k in incompatible.missing_keys if is_attention_param(k)]

@@ -1,22 +1,25 @@
 """The Detectron2 trainer and setup used by tools/train_net.py."""
+import json
 import logging
 import os
+import time
 import weakref
 
 import torch
-from detectron2.config import get_cfg
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import add_aw_config
+from ..data import RobustDatasetMapper
 from ..evaluation import write_eval_results
 from .checkpoint import AWCheckpointer
+from .cli import DropDivergedTraceback
 
-__all__ = ["Trainer", "create_ddp_model", "setup"]
+__all__ = ["Trainer", "InferenceTimer", "create_ddp_model"]
 
 logger = logging.getLogger("aw_detection")
 
@@ -40,6 +43,7 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        logging.getLogger("detectron2.engine.train_loop").addFilter(DropDivergedTraceback())
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -54,6 +58,14 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=RobustDatasetMapper(cfg, False))
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -77,32 +89,49 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        results = super().test(cfg, model, evaluators)
+        with InferenceTimer(model) as timer:
+            results = super().test(cfg, model, evaluators)
         if comm.is_main_process():
             # DefaultTrainer.test unwraps the dict of a single dataset; keep the dataset key.
             by_dataset = {cfg.DATASETS.TEST[0]: results} if len(cfg.DATASETS.TEST) == 1 else results
             path = write_eval_results(by_dataset, cfg.OUTPUT_DIR)
+            with open(os.path.join(cfg.OUTPUT_DIR, "run_stats.json"), "w") as f:
+                json.dump({"inference_s_per_img": timer.seconds_per_image()}, f)
             logger.info(f"Evaluation results written to {path}")
         return results
 
 
-def load_config(config_file, opts=()):
-    """get_cfg() + add_aw_config + file + KEY VALUE overrides (not frozen)."""
-    cfg = get_cfg()
-    add_aw_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    return cfg
+class InferenceTimer:
+    """Times the model's forward calls (model only: no data loading, no evaluation),
+    skipping the first ``warmup`` calls as Detectron2's inference_on_dataset does."""
 
+    def __init__(self, model, warmup=5):
+        self.model, self.warmup = model, warmup
+        self.calls, self.images, self.seconds, self._start = 0, 0, 0.0, None
 
-def setup(args):
-    """Config from the command line, frozen, with Detectron2's default_setup (logging, seed)."""
-    cfg = load_config(args.config_file, args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
-    if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
-        # Processes share the cores: more threads each only contend (measured 3x slower).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
-    return cfg
+    def _sync(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def _pre(self, module, inputs):
+        self._sync()
+        self._start = time.perf_counter()
+
+    def _post(self, module, inputs, output):
+        self._sync()
+        self.calls += 1
+        if self.calls > self.warmup:
+            self.seconds += time.perf_counter() - self._start
+            self.images += len(inputs[0])
+
+    def seconds_per_image(self):
+        return self.seconds / self.images if self.images else None
+
+    def __enter__(self):
+        self._handles = [self.model.register_forward_pre_hook(self._pre),
+                         self.model.register_forward_hook(self._post)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()

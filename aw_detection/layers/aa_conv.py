@@ -42,6 +42,8 @@ class MultiHeadRelativeAttention(nn.Module):
         self.heads, self.key_channels, self.value_channels = heads, key_channels, value_channels
         self.max_size = max_size
         self.fused = fused
+        # Swappable for relative_logits_2d_naive, the (HW, HW, d) reference (benchmarks).
+        self.relative_logits = relative_logits_2d
         head_dim = key_channels // heads
         self.qkv = nn.Conv2d(in_channels, 2 * key_channels + value_channels, 1)
         self.proj = nn.Conv2d(value_channels, value_channels, 1)
@@ -59,7 +61,7 @@ class MultiHeadRelativeAttention(nn.Module):
         # (n, heads, HW, d) per tensor
         q, k, v = (t.reshape(n, self.heads, -1, h * w).transpose(2, 3) for t in (q, k, v))
         q = q * (self.key_channels // self.heads) ** -0.5
-        rel = relative_logits_2d(q.reshape(n, self.heads, h, w, -1), self.rel_h, self.rel_w)
+        rel = self.relative_logits(q.reshape(n, self.heads, h, w, -1), self.rel_h, self.rel_w)
         if self.fused:
             # q is already scaled: scale=1 keeps the logits q.k + S_H + S_W.
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=rel.to(q.dtype), scale=1.0)

@@ -1,0 +1,51 @@
+"""How the tools end on user errors: one message, a non-zero status, no traceback."""
+import contextlib
+import logging
+import os
+import sys
+
+from ..errors import UserError
+
+__all__ = ["user_errors", "DIVERGED_EXIT", "USER_ERROR_EXIT"]
+
+USER_ERROR_EXIT = 2
+DIVERGED_EXIT = 3
+
+
+@contextlib.contextmanager
+def user_errors(debug=False, run=None):
+    """UserError -> "error: ..." on stderr, exit 2. A diverged loss (Detectron2's
+    FloatingPointError) -> a message naming the iteration and the last good checkpoint, exit 3.
+    ``run``: a dict the caller fills as it goes ("output_dir", "trainer").
+    With ``debug`` the exception propagates with its traceback."""
+    run = {} if run is None else run
+    try:
+        yield
+    except UserError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT)
+    except FloatingPointError as e:
+        if debug:
+            raise
+        first_line = str(e).splitlines()[0]
+        output_dir, trainer = run.get("output_dir"), run.get("trainer")
+        where = f" at iteration {trainer.iter}" if trainer is not None else ""
+        last = None
+        if output_dir and os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+            with open(os.path.join(output_dir, "last_checkpoint")) as f:
+                last = os.path.join(output_dir, f.read().strip())
+        kept = (f"The last good checkpoint is {last}; continue from it with --resume after the "
+                "change." if last else "No checkpoint was written before it.")
+        print(f"error: training stopped{where}: {first_line} Lower SOLVER.BASE_LR or enable "
+              f"SOLVER.CLIP_GRADIENTS.ENABLED True. {kept}", file=sys.stderr, flush=True)
+        sys.exit(DIVERGED_EXIT)
+
+
+class DropDivergedTraceback(logging.Filter):
+    """Detectron2's train loop logs every exception with its traceback; a diverged loss gets
+    our one-line message instead."""
+
+    def filter(self, record):
+        return not (record.exc_info and record.exc_info[0] is FloatingPointError)

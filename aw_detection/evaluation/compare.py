@@ -1,0 +1,168 @@
+"""Compare training runs (Detectron2 OUTPUT_DIRs) against a baseline run.
+
+A run directory holds ``config.yaml`` (written by default_setup), ``metrics.json`` (training
+iteration times), ``eval_results.json`` and ``run_stats.json`` (inference time), all written
+by tools/train_net.py.
+"""
+import csv
+import json
+import math
+import os
+import statistics
+
+from .results import read_eval_results
+
+__all__ = ["METRICS", "load_run", "compare_runs", "group_by_config", "write_comparison"]
+
+METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+
+def _train_seconds_per_iter(run_dir):
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(path):
+        return None
+    times = []
+    with open(path) as f:
+        for line in f:
+            entry = json.loads(line)
+            if "time" in entry:
+                times.append(entry["time"])
+    return statistics.median(times) if times else None
+
+
+def _model_identity(cfg):
+    """The config minus what differs between seeds of one experiment."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SEED, cfg.OUTPUT_DIR = -1, ""
+    return cfg.dump()
+
+
+def load_run(run_dir, dataset=None, with_model_stats=True):
+    """One run as a flat dict: name, metrics, params, gflops, train/inference seconds."""
+    from ..analysis import model_statistics
+    from ..engine import load_config
+
+    results = read_eval_results(run_dir)
+    dataset = dataset or next(iter(results))
+    if dataset not in results:
+        raise ValueError(f"{run_dir}: no results for dataset {dataset!r} (has {list(results)})")
+    bbox = results[dataset]["bbox"]
+    row = {"run": os.path.basename(os.path.normpath(run_dir)), "dir": run_dir, "dataset": dataset}
+    row.update({m: bbox.get(m) for m in METRICS})
+    cfg = load_config(os.path.join(run_dir, "config.yaml"))
+    row["identity"] = _model_identity(cfg)
+    if with_model_stats:
+        cfg.MODEL.DEVICE = "cpu"
+        stats = model_statistics(cfg)
+        row["params"], row["gflops"] = stats["params"], stats["gflops"]
+    row["train_s_per_iter"] = _train_seconds_per_iter(run_dir)
+    stats_path = os.path.join(run_dir, "run_stats.json")
+    row["inference_s_per_img"] = (json.load(open(stats_path)).get("inference_s_per_img")
+                                  if os.path.exists(stats_path) else None)
+    return row
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def group_by_config(rows):
+    """Merge runs of the same config (seeds) into one row with mean and std per metric."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(row["identity"], []).append(row)
+    merged = []
+    for runs in groups.values():
+        row = dict(runs[0], run=runs[0]["run"] if len(runs) == 1 else
+                   f'{runs[0]["run"]} (+{len(runs) - 1} seeds)', seeds=len(runs))
+        for key in METRICS + ["train_s_per_iter", "inference_s_per_img"]:
+            row[key], row[key + "_std"] = _mean_std([r[key] for r in runs])
+        merged.append(row)
+    return merged
+
+
+def compare_runs(rows):
+    """Add Δ vs the first row for each metric and cost."""
+    base = rows[0]
+    for row in rows:
+        for key in METRICS + ["params", "gflops", "train_s_per_iter", "inference_s_per_img"]:
+            value, ref = row.get(key), base.get(key)
+            row["d_" + key] = None if value is None or ref is None else value - ref
+    return rows
+
+
+def _fmt(value, digits=2, std=None, delta=None):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{value:.{digits}f}"
+    if std:
+        text += f" ± {std:.{digits}f}"
+    if delta is not None:
+        text += f" ({delta:+.{digits}f})"
+    return text
+
+
+def markdown_table(rows):
+    header = ["run"] + METRICS + ["params (M)", "GFLOPs", "train s/iter", "inference s/img"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, row in enumerate(rows):
+        delta = (lambda k: None) if i == 0 else (lambda k: row.get("d_" + k))
+        cells = [row["run"]]
+        cells += [_fmt(row[m], 2, row.get(m + "_std"), delta(m)) for m in METRICS]
+        cells.append(_fmt(row["params"] / 1e6 if row.get("params") else None, 2, None,
+                          None if i == 0 or row.get("d_params") is None else row["d_params"] / 1e6))
+        cells.append(_fmt(row.get("gflops"), 2, None, delta("gflops")))
+        cells.append(_fmt(row.get("train_s_per_iter"), 3, row.get("train_s_per_iter_std")))
+        cells.append(_fmt(row.get("inference_s_per_img"), 3, row.get("inference_s_per_img_std")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_comparison(rows, output_dir, title="Comparison"):
+    """comparison.md / .csv / .png under output_dir; returns the Markdown text."""
+    os.makedirs(output_dir, exist_ok=True)
+    base = rows[0]
+    text = (f"# {title}\n\nCOCO-style box AP on `{base['dataset']}`; Δ in parentheses is "
+            f"against `{base['run']}` (first row).\n\n{markdown_table(rows)}\n")
+    with open(os.path.join(output_dir, "comparison.md"), "w") as f:
+        f.write(text)
+    keys = ["run", "dir", "dataset", "seeds"] + METRICS + [m + "_std" for m in METRICS] + \
+        ["d_" + m for m in METRICS] + ["params", "gflops", "train_s_per_iter",
+                                        "inference_s_per_img"]
+    with open(os.path.join(output_dir, "comparison.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    _plot(rows, os.path.join(output_dir, "comparison.png"))
+    return text
+
+
+def _plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    costs = [("gflops", "GFLOPs (fvcore)"), ("train_s_per_iter", "train s/iter"),
+             ("inference_s_per_img", "inference s/img")]
+    costs = [c for c in costs if any(r.get(c[0]) is not None for r in rows)]
+    fig, axes = plt.subplots(1, len(costs), figsize=(5 * len(costs), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], costs):
+        for i, row in enumerate(rows):
+            if row.get(key) is None or row.get("AP") is None:
+                continue
+            ax.errorbar(row[key], row["AP"], yerr=row.get("AP_std") or 0, fmt="o",
+                        color="black" if i == 0 else f"C{i}", capsize=3)
+            ax.annotate(row["run"], (row[key], row["AP"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("box AP")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"AP vs cost on {rows[0]['dataset']} (black: baseline {rows[0]['run']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

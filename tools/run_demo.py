@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""`make demo`: train and evaluate the baseline and AW variants on the embedded shapes data
+with the same schedule and seed, then print and save the comparison.
+
+    tools/run_demo.py [--output output/demo] [--configs NAME ...] [--force] [KEY VALUE ...]
+
+Finished runs (with eval_results.json) are reused unless --force. Full logs: RUN/log.txt.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIGS = ["shapes_R_18_FPN", "shapes_R_18_FPN_aw", "shapes_R_18_FPN_se_aw",
+                   "shapes_R_18_FPN_cbam_aw"]
+PROGRESS = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: (\S+)")
+
+
+def train(name, index, total, output, opts):
+    config = os.path.join(ROOT, "configs", "demo", f"{name}.yaml")
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config,
+           *opts, "OUTPUT_DIR", output]
+    print(f"[{index}/{total}] {name}: {' '.join(cmd[1:])}", flush=True)
+    start = time.time()
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, cwd=ROOT)
+    tail = []
+    for line in proc.stdout:
+        tail = (tail + [line])[-40:]
+        match = PROGRESS.search(line)
+        if match:
+            eta, it, loss = match.groups()
+            print(f"  [{index}/{total}] {name}  iter {int(it) + 1}  loss {loss}  eta {eta}", flush=True)
+        elif "Start inference" in line:
+            print(f"  [{index}/{total}] {name}  evaluating ...", flush=True)
+    if proc.wait() != 0:
+        sys.exit(f"{name} failed; last lines:\n{''.join(tail)}")
+    print(f"  [{index}/{total}] {name} done in {time.time() - start:.0f} s", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default=os.path.join(ROOT, "output", "demo"))
+    p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS,
+                   help="names under configs/demo/; the first is the baseline")
+    p.add_argument("--force", action="store_true", help="retrain runs that already finished")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
+    args = p.parse_args()
+
+    start = time.time()
+    runs = []
+    for i, name in enumerate(args.configs, 1):
+        run = os.path.join(args.output, name)
+        runs.append(run)
+        if os.path.exists(os.path.join(run, "eval_results.json")) and not args.force:
+            print(f"[{i}/{len(args.configs)}] {name}: finished earlier ({run}); --force retrains")
+            continue
+        train(name, i, len(args.configs), run, args.opts)
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "compare.py"), *runs,
+                    "--output", args.output, "--title", "make demo: shapes_val"], check=True,
+                   env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    print(f"demo finished in {(time.time() - start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
