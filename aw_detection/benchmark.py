@@ -1,10 +1,14 @@
 """Fair cost measurements: candidates timed interleaved in one process, ratios to the first.
 
-Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU (no allocator statistics)
-the growth of the peak resident set of a fresh process that runs the candidate once.
+Peak memory: ``torch.cuda.max_memory_allocated`` on GPU. On CPU (no allocator statistics) a
+fresh process builds the candidate, resets the kernel's peak-RSS mark (Linux
+/proc/self/clear_refs) and runs it once: peak RSS minus RSS before the run. glibc is told to
+mmap blocks over 64 KiB so that freed tensors leave the RSS; elsewhere the result is None.
 """
+import gc
 import multiprocessing
-import resource
+import os
+import re
 import statistics
 import time
 
@@ -47,13 +51,23 @@ def time_interleaved(candidates, iters=10, warmup=2, device="cpu"):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _status_mib(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(field + r":\s+(\d+)", f.read()).group(1)) / 1024
+
+
 def _child_peak(make_fn, args, queue):
-    torch.set_num_threads(1)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn = make_fn(*args)
-    ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn()
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - max(before, ready)) / 1024)
+    try:
+        torch.set_num_threads(1)
+        fn = make_fn(*args)
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        before = _status_mib("VmRSS")
+        fn()
+        queue.put(_status_mib("VmHWM") - before)
+    except OSError:  # no /proc (not Linux)
+        queue.put(None)
 
 
 def peak_memory_mb(make_fn, *args, device="cpu"):
@@ -70,18 +84,27 @@ def peak_memory_mb(make_fn, *args, device="cpu"):
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child_peak, args=(make_fn, args, queue))
-    proc.start()
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by the child's malloc at start
+    try:
+        proc.start()
+    finally:
+        if saved is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
     result = queue.get()
     proc.join()
     return result
 
 
-def layer_benchmark(batch_sizes=(1, 2, 4), iters=10, device="cpu", attention_groups=(0, 8)):
-    """AWConv2d against nn.Conv2d at ResNet-50 3x3 shapes; one row per setting."""
+def layer_benchmark(batch_sizes=(1, 2, 4), iters=10, device="cpu", attention_groups=(0, 8),
+                    shapes=RESNET50_3X3_SHAPES):
+    """AWConv2d against nn.Conv2d at ``shapes`` (stage, C, H, W); one row per setting."""
     from .layers import AWConv2d
 
     rows = []
-    for stage, c, h, w in RESNET50_3X3_SHAPES:
+    for stage, c, h, w in shapes:
         layers = {"conv": torch.nn.Conv2d(c, c, 3, padding=1, bias=False)}
         for g in attention_groups:
             layers[f"aw(G={g or c})"] = AWConv2d(c, c, 3, padding=1, attention_groups=g)
@@ -124,7 +147,7 @@ def _make_aa_step(stage, channels, h, w, impl, device="cpu"):
     return run
 
 
-def aa_memory_benchmark(iters=5, device="cpu", stages=(("res4", 256, 50, 67), ("res5", 512, 25, 34))):
+def aa_memory_benchmark(iters=5, device="cpu", stages=RESNET50_3X3_SHAPES[1:]):
     """AAConv2d (one image, stride 1) with fused SDPA, with an explicit softmax, and with the
     naive (HW, HW, d) relative embedding: median ms and peak extra memory."""
     rows = []
@@ -163,9 +186,12 @@ def synthetic_batch(cfg, batch_size, train, seed=0):
 
 
 def _model_step(model, batch, train):
+    from detectron2.utils.events import EventStorage
+
     if train:
         def run():
-            losses = model(batch)
+            with EventStorage():  # Detectron2's losses log into it
+                losses = model(batch)
             sum(losses.values()).backward()
             model.zero_grad(set_to_none=True)
     else:

@@ -19,7 +19,7 @@ __all__ = ["SHAPES_CLASSES", "SPLITS", "generate_shapes", "shapes_root", "ensure
 SHAPES_CLASSES = ["circle", "rectangle", "triangle", "star", "cross"]
 # name -> (number of images, seed). Bump VERSION when drawing changes: it names the cache.
 SPLITS = {"train": (400, 1), "val": (100, 2)}
-VERSION = 2
+VERSION = 3
 MIN_VISIBLE = 0.35
 
 
@@ -56,10 +56,10 @@ def _background(rng, h, w):
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     t = np.linspace(0, 1, w if rng.random() < 0.5 else h)
     ramp = t[None, :, None] if len(t) == w else t[:, None, None]
-    img = c0 * (1 - ramp) + c1 * ramp + rng.normal(0, rng.uniform(3, 12), (h, w, 3))
+    img = c0 * (1 - ramp) + c1 * ramp + rng.normal(0, rng.uniform(2, 8), (h, w, 3))
     img = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for _ in range(rng.integers(1, 7)):  # clutter: lines and arcs that are not objects
+    for _ in range(rng.integers(0, 5)):  # clutter: lines and arcs that are not objects
         xy = [float(v) for v in rng.uniform(0, [w, h, w, h])]
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         if rng.random() < 0.6:
@@ -75,10 +75,10 @@ def _draw_image(rng, h, w):
     owner = np.zeros((h, w), np.int32)  # which shape (1-based) owns each pixel
     shapes = []
     r = rng.random()
-    count = 0 if r < 0.06 else int(rng.integers(8, 13)) if r < 0.16 else int(rng.integers(1, 6))
+    count = 0 if r < 0.06 else int(rng.integers(7, 11)) if r < 0.14 else int(rng.integers(1, 5))
     for k in range(1, count + 1):
         category = int(rng.integers(len(SHAPES_CLASSES)))
-        size = float(math.exp(rng.uniform(math.log(24), math.log(128))))
+        size = float(math.exp(rng.uniform(math.log(32), math.log(128))))
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         polygon, ellipse = _outline(SHAPES_CLASSES[category], rng, cx, cy, size)
         mask = Image.new("L", (w, h), 0)

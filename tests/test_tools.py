@@ -1,0 +1,144 @@
+"""The evidence tools on tiny settings: compare, benchmark, demo, inspect_attention."""
+import csv
+import json
+import os
+
+import pytest
+import torch
+
+from aw_detection.attention_stats import attention_statistics
+from aw_detection.benchmark import aa_memory_benchmark, layer_benchmark, time_interleaved
+from aw_detection.layers import AWConv2d
+
+from .conftest import ROOT, TINY_OPTS, run_tool
+
+DEMO = os.path.join(ROOT, "configs", "demo")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_shapes, tmp_path_factory):
+    """Tiny trained runs: baseline (2 seeds) and AW. 5 iterations: Detectron2 times
+    iterations only after 3 warm-up ones."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, config, seed in (("base", "shapes_R_18_FPN", 1), ("base_s2", "shapes_R_18_FPN", 2),
+                               ("aw", "shapes_R_18_FPN_aw", 1)):
+        out[name] = str(root / name)
+        run_tool("train_net.py", "--config-file", os.path.join(DEMO, f"{config}.yaml"),
+                 *tiny_shapes["args"], *TINY_OPTS, "SOLVER.MAX_ITER", "5", "SEED", str(seed),
+                 "OUTPUT_DIR", out[name])
+    return out
+
+
+def test_compare_writes_table_csv_and_plot(runs, tmp_path):
+    proc = run_tool("compare.py", runs["base"], runs["aw"], "--output", str(tmp_path))
+    table = open(tmp_path / "comparison.md").read()
+    assert table in proc.stdout
+    rows = list(csv.DictReader(open(tmp_path / "comparison.csv")))
+    assert [r["run"] for r in rows] == ["base", "aw"]
+    assert float(rows[0]["d_AP"]) == 0.0
+    ap = json.load(open(os.path.join(runs["aw"], "eval_results.json")))["tiny_val"]["bbox"]["AP"]
+    assert float(rows[1]["AP"]) == pytest.approx(ap)
+    assert int(rows[1]["params"]) > int(rows[0]["params"])
+    assert float(rows[0]["train_s_per_iter"]) > 0 and float(rows[0]["inference_s_per_img"]) > 0
+    assert "| aw |" in table and "(+" in table or "(-" in table
+    assert os.path.getsize(tmp_path / "comparison.png") > 1000
+
+
+def test_compare_groups_seeds(runs, tmp_path):
+    run_tool("compare.py", runs["base"], runs["base_s2"], runs["aw"], "--seeds", "--output", str(tmp_path))
+    rows = list(csv.DictReader(open(tmp_path / "comparison.csv")))
+    assert [int(r["seeds"]) for r in rows] == [2, 1]
+    aps = [json.load(open(os.path.join(runs[k], "eval_results.json")))["tiny_val"]["bbox"]["AP"]
+           for k in ("base", "base_s2")]
+    assert float(rows[0]["AP"]) == pytest.approx(sum(aps) / 2)
+    assert "±" in open(tmp_path / "comparison.md").read()
+
+
+def test_compare_without_results_is_a_clear_error(tmp_path):
+    proc = run_tool("compare.py", str(tmp_path), check=False)
+    assert proc.returncode != 0 and "has no eval_results.json" in proc.stderr
+
+
+def test_benchmark_models(tmp_path):
+    out = str(tmp_path / "bench.json")
+    opts = ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "INPUT.MIN_SIZE_TRAIN", "(96,)",
+            "INPUT.MAX_SIZE_TRAIN", "128"]
+    proc = run_tool("benchmark.py", "--task", "train", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
+                    "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml", "--iters", "2",
+                    "--batch-size", "2", "--output", out, *opts)
+    rows = json.load(open(out))
+    assert [r["config"] for r in rows] == ["shapes_R_18_FPN", "shapes_R_18_FPN_aw"]
+    assert rows[0]["ratio_to_first"] == 1.0 and rows[1]["seconds_per_iter"] > 0
+    assert rows[1]["params"] > rows[0]["params"] and rows[1]["gflops"] > rows[0]["gflops"] > 0
+    assert rows[0]["peak_memory_mb"] > 0
+    assert "shapes_R_18_FPN_aw" in proc.stdout
+    proc = run_tool("benchmark.py", "--task", "inference", "--config-file",
+                    f"{DEMO}/shapes_R_18_FPN.yaml", "--iters", "2", "--no-memory", *opts)
+    assert "inference, batch 1" in proc.stdout
+
+
+def test_benchmark_needs_a_config():
+    proc = run_tool("benchmark.py", "--task", "inference", check=False)
+    assert proc.returncode == 2 and "needs at least one --config-file" in proc.stderr
+
+
+def test_interleaved_timing_and_layer_rows():
+    calls = []
+    seconds = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                               iters=4, warmup=1)
+    assert set(seconds) == {"a", "b"} and calls.count("a") == calls.count("b") == 5
+    assert calls[2:] == ["a", "b", "b", "a", "a", "b", "b", "a"]  # order rotates each round
+    rows = layer_benchmark((1, 2), iters=1, shapes=[("tiny", 16, 6, 6)])
+    assert len(rows) == 2 * 2 * 3  # batches x modes x (conv, AW-full, AW-lite)
+    assert all(r["ratio"] == 1.0 for r in rows if r["layer"] == "conv")
+    rows = aa_memory_benchmark(iters=1, stages=[("tiny", 32, 6, 6)])
+    assert [r["impl"] for r in rows] == ["fused", "explicit", "naive"]
+    assert all(r["peak_mb"] > 0 and r["ms"] > 0 for r in rows)
+
+
+def test_demo_draws_and_lists_detections(runs, tiny_shapes, tmp_path):
+    image_dir = tiny_shapes["splits"]["val"][1]
+    weights = os.path.join(runs["aw"], "model_final.pth")
+    out = str(tmp_path / "demo")
+    run_tool("demo.py", "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml", "--input", image_dir,
+             "--output", out, "--confidence", "0.0", "MODEL.WEIGHTS", weights,
+             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    results = json.load(open(os.path.join(out, "detections.json")))
+    assert len(results) == 6 and all(os.path.exists(os.path.join(out, r["output"])) for r in results)
+    det = results[0]["detections"][0]
+    assert det["category"] in ("circle", "rectangle", "triangle", "star", "cross")
+    assert len(det["bbox"]) == 4 and 0 <= det["score"] <= 1
+    proc = run_tool("demo.py", "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml", "--input",
+                    str(tmp_path / "none*.png"), "--output", out, "MODEL.WEIGHTS", weights, check=False)
+    assert proc.returncode == 2 and "no image files found" in proc.stderr
+
+
+def test_inspect_attention(runs, tiny_shapes, tmp_path):
+    out = str(tmp_path / "inspect")
+    proc = run_tool("inspect_attention.py", "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml",
+                    "--input", tiny_shapes["splits"]["val"][1], "--output", out, "--max-images", "3",
+                    "MODEL.WEIGHTS", os.path.join(runs["aw"], "model_final.pth"))
+    stats = json.load(open(os.path.join(out, "attention_stats.json")))
+    assert len(stats) == 12  # R-18 res3-res5: 6 blocks x 2 convs
+    first = next(iter(stats.values()))
+    assert first["images"] == 3 and len(first["tap_mean"]) == 3
+    assert all(os.path.exists(os.path.join(out, f)) for f in os.listdir(out))
+    assert any(f.startswith("layer_") for f in os.listdir(out)) and "summary.png" in os.listdir(out)
+    assert "mass moved" in proc.stdout
+    proc = run_tool("inspect_attention.py", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
+                    "--input", tiny_shapes["splits"]["val"][1], "--output", out,
+                    "MODEL.WEIGHTS", os.path.join(runs["base"], "model_final.pth"), check=False)
+    assert proc.returncode == 2 and "has no AW layers" in proc.stderr
+
+
+def test_attention_statistics_by_hand():
+    layer = AWConv2d(2, 2, 3)
+    with torch.no_grad():
+        layer.weight.fill_(2.0)
+    a = torch.zeros(2, 2, 2, 3, 3)
+    a[0] = 0.5  # image 0: +50% everywhere; image 1: no change
+    stats = attention_statistics({"l": a}, {"l": layer})["l"]
+    assert stats["mass_moved"] == pytest.approx(0.25)  # mean over images of 0.5 and 0
+    assert stats["max_abs"] == 0.5 and stats["mean"] == pytest.approx(0.25)
+    assert stats["between_image_std"] > 0.9  # all variation is between the images
