@@ -1,11 +1,9 @@
 """AWConv2d: fast paths against the per-sample reference, invariants, export, FLOPs."""
-import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, get_norm
-from torch import nn
 
 from aw_detection.layers import AWConv2d, aw_conv2d_reference, flop_count
 

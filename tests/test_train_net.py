@@ -31,7 +31,7 @@ def test_train_eval_and_reload(tiny_shapes, tmp_path):
 
 def test_two_process_cpu_ddp(tiny_shapes, tmp_path):
     out = str(tmp_path / "ddp")
-    proc = run_tool("train_net.py", "--num-gpus", "2", "--config-file", DEMO_CONFIG,
+    run_tool("train_net.py", "--num-gpus", "2", "--config-file", DEMO_CONFIG,
                     *tiny_shapes["args"], *TINY_OPTS, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", out)
     assert "World size: 2" in open(os.path.join(out, "log.txt")).read()
     assert math.isfinite(_ap(out))

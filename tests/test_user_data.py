@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-from detectron2.data import DatasetCatalog
 from PIL import Image
 
 from aw_detection.data import RobustDatasetMapper, generate_shapes, read_image

@@ -2,9 +2,11 @@
 """`make demo`: train and evaluate the baseline and AW variants on the embedded shapes data
 with the same schedule and seed, then print and save the comparison.
 
-    tools/run_demo.py [--output output/demo] [--configs NAME ...] [--force] [KEY VALUE ...]
+    tools/run_demo.py [--output output/demo] [--configs NAME ...] [--jobs 2] [--force] [KEY VALUE ...]
 
-Finished runs (with eval_results.json) are reused unless --force. Full logs: RUN/log.txt.
+Runs go --jobs at a time with one thread each: on a 2-core CPU two single-threaded trainings
+finish sooner than two two-threaded ones in turn. Finished runs (with eval_results.json) are
+reused unless --force. Full logs: RUN/log.txt.
 """
 import argparse
 import os
@@ -12,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIGS = ["shapes_R_18_FPN", "shapes_R_18_FPN_aw", "shapes_R_18_FPN_se_aw",
@@ -19,13 +22,13 @@ DEFAULT_CONFIGS = ["shapes_R_18_FPN", "shapes_R_18_FPN_aw", "shapes_R_18_FPN_se_
 PROGRESS = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: (\S+)")
 
 
-def train(name, index, total, output, opts):
+def train(name, index, total, output, opts, threads):
     config = os.path.join(ROOT, "configs", "demo", f"{name}.yaml")
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config,
            *opts, "OUTPUT_DIR", output]
     print(f"[{index}/{total}] {name}: {' '.join(cmd[1:])}", flush=True)
     start = time.time()
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=ROOT)
     tail = []
@@ -38,7 +41,7 @@ def train(name, index, total, output, opts):
         elif "Start inference" in line:
             print(f"  [{index}/{total}] {name}  evaluating ...", flush=True)
     if proc.wait() != 0:
-        sys.exit(f"{name} failed; last lines:\n{''.join(tail)}")
+        raise RuntimeError(f"{name} failed; last lines:\n{''.join(tail)}")
     print(f"  [{index}/{total}] {name} done in {time.time() - start:.0f} s", flush=True)
 
 
@@ -47,19 +50,27 @@ def main():
     p.add_argument("--output", default=os.path.join(ROOT, "output", "demo"))
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS,
                    help="names under configs/demo/; the first is the baseline")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="runs trained at once (default: 2, or 1 on a single core)")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = p.parse_args()
 
     start = time.time()
-    runs = []
-    for i, name in enumerate(args.configs, 1):
-        run = os.path.join(args.output, name)
-        runs.append(run)
-        if os.path.exists(os.path.join(run, "eval_results.json")) and not args.force:
-            print(f"[{i}/{len(args.configs)}] {name}: finished earlier ({run}); --force retrains")
-            continue
-        train(name, i, len(args.configs), run, args.opts)
+    runs = [os.path.join(args.output, name) for name in args.configs]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        jobs = []
+        for i, (name, run) in enumerate(zip(args.configs, runs), 1):
+            if os.path.exists(os.path.join(run, "eval_results.json")) and not args.force:
+                print(f"[{i}/{len(runs)}] {name}: finished earlier ({run}); --force retrains")
+                continue
+            jobs.append(pool.submit(train, name, i, len(runs), run, args.opts, threads))
+        for job in jobs:
+            try:
+                job.result()
+            except RuntimeError as e:
+                sys.exit(str(e))
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "compare.py"), *runs,
                     "--output", args.output, "--title", "make demo: shapes_val"], check=True,
                    env=dict(os.environ, PYTHONWARNINGS="ignore"))

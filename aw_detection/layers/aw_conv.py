@@ -8,14 +8,33 @@ Each sample n gets an attention map A[n] with the shape of the kernel K, and the
 into the groups (or a plain convolution when N = 1). The generator widths are our choice, see
 README "Design choices".
 """
-from collections import OrderedDict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-__all__ = ["AWConv2d", "aw_conv2d_reference"]
+__all__ = ["AWConv2d", "AttentionGenerator", "aw_conv2d_reference"]
+
+
+class AttentionGenerator(nn.Module):
+    """pooled (N, C_in, kh, kw) -> 1x1 conv -> ReLU -> 1x1 conv -> (N, C_rows, kh, kw).
+
+    ``reduce`` and ``expand`` are 1x1 ``nn.Conv2d`` (their checkpoint names and shapes), but
+    they are applied as matrix products over the kh*kw taps: oneDNN would re-lay out the
+    large ``expand`` weight (C_out * C_in/g rows for AW-full) at every call.
+    """
+
+    def __init__(self, in_channels, hidden, out_channels):
+        super().__init__()
+        self.reduce = nn.Conv2d(in_channels, hidden, 1)
+        self.expand = nn.Conv2d(hidden, out_channels, 1)
+
+    def forward(self, pooled):
+        n, _, kh, kw = pooled.shape
+        taps = pooled.flatten(2).transpose(1, 2)  # (N, kh*kw, C_in)
+        hidden = F.relu(F.linear(taps, self.reduce.weight.flatten(1), self.reduce.bias))
+        rows = F.linear(hidden, self.expand.weight.flatten(1), self.expand.bias)
+        return rows.transpose(1, 2).reshape(n, -1, kh, kw)
 
 
 class AWConv2d(nn.Module):
@@ -59,11 +78,8 @@ class AWConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         hidden = max(in_channels // reduction, 8)
-        self.generator = nn.Sequential(OrderedDict(
-            reduce=nn.Conv2d(in_channels, hidden, 1),
-            relu=nn.ReLU(inplace=True),
-            expand=nn.Conv2d(hidden, attention_groups * in_channels // groups, 1),
-        ))
+        self.generator = AttentionGenerator(in_channels, hidden,
+                                            attention_groups * in_channels // groups)
         self.norm = norm
         self.activation = activation
         self.reset_parameters()
