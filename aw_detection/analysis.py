@@ -1,4 +1,6 @@
 """Model statistics: parameters and fvcore GFLOPs of a Detectron2 model built from a config."""
+import contextlib
+
 import torch
 from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
@@ -12,26 +14,41 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def count_gflops(model, height, width):
-    """fvcore GFLOPs (1 multiply-add = 1 flop) of inference on one random height x width image:
-    {"total": ..., "backbone": ...}.
-
-    The box head's cost depends on how many proposals survive the RPN's NMS, which varies
-    between (randomly initialised) models; NMS is switched off while counting so that every
-    model's box head sees exactly POST_NMS_TOPK_TEST proposals and totals are comparable."""
-    image = torch.rand(3, height, width, device=next(model.parameters()).device) * 255
+@contextlib.contextmanager
+def _fixed_proposals(model):
+    """The box head's cost depends on how many proposals the RPN keeps (NMS, degenerate
+    boxes), which varies between randomly initialised models. Here the RPN proposes its
+    anchors unchanged (zero box deltas) without NMS: every model's box head sees exactly
+    POST_NMS_TOPK_TEST proposals. Weights are restored afterwards."""
     rpn = getattr(model, "proposal_generator", None)
-    saved = getattr(rpn, "nms_thresh", None)
-    if saved is not None:
-        rpn.nms_thresh = 1.0  # IoU never exceeds 1: NMS keeps every proposal
+    deltas = getattr(getattr(rpn, "rpn_head", None), "anchor_deltas", None)
+    if deltas is None:
+        yield
+        return
+    saved = rpn.nms_thresh, deltas.weight.detach().clone(), deltas.bias.detach().clone()
+    rpn.nms_thresh = 1.0  # IoU never exceeds 1: NMS keeps every proposal
+    with torch.no_grad():
+        deltas.weight.zero_()
+        deltas.bias.zero_()
     try:
-        with torch.no_grad():
-            total = _gflops(model.eval(), [{"image": image}])
-            normalised = ((image - model.pixel_mean) / model.pixel_std)[None]
-            backbone = _gflops(model.backbone, normalised)
+        yield
     finally:
-        if saved is not None:
-            rpn.nms_thresh = saved
+        rpn.nms_thresh = saved[0]
+        with torch.no_grad():
+            deltas.weight.copy_(saved[1])
+            deltas.bias.copy_(saved[2])
+
+
+def count_gflops(model, height, width):
+    """fvcore GFLOPs (1 multiply-add = 1 flop) of inference on one random height x width
+    image, {"total": ..., "backbone": ...}, with the box head at a fixed load (see
+    _fixed_proposals) so that models are comparable."""
+    image = torch.rand(3, height, width, device=next(model.parameters()).device) * 255
+    model.eval()
+    with torch.no_grad(), _fixed_proposals(model):
+        total = _gflops(model, [{"image": image}])
+        # Normalised and padded to the backbone's size divisibility, as in the model.
+        backbone = _gflops(model.backbone, model.preprocess_image([{"image": image}]).tensor)
     return {"total": total, "backbone": backbone}
 
 

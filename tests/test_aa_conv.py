@@ -110,3 +110,15 @@ def test_bad_arguments():
     layer = AAConv2d(16, 32, 3, 2, heads=4, key_channels=16, value_channels=8, max_size=4)
     with pytest.raises(ValueError, match="attention map 5x4 exceeds max_size=4"):
         layer(torch.randn(1, 16, 10, 8))
+
+
+def test_flop_count_fused_equals_explicit():
+    from aw_detection.layers import flop_count
+
+    layer = AAConv2d(16, 32, 3, heads=4, key_channels=16, value_channels=8, max_size=8).eval()
+    x = torch.randn(1, 16, 6, 7)
+    fused = flop_count(layer, (x,))
+    layer.attention_branch.fused = False
+    assert fused == flop_count(layer, (x,))
+    hw = 6 * 7  # q k^T (d_k) and weights v (d_v) over all position pairs
+    assert fused > hw * hw * (16 + 8)

@@ -159,6 +159,7 @@ def _plot(rows, path):
                         color="black" if i == 0 else f"C{i}", capsize=3)
             ax.annotate(row["run"], (row[key], row["AP"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
+        ax.margins(x=0.3, y=0.15)  # room for the labels
         ax.set_xlabel(label)
         ax.set_ylabel("box AP")
         ax.grid(alpha=0.3)

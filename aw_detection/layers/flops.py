@@ -1,9 +1,12 @@
 """fvcore FLOP handles for the ops our layers add.
 
-fvcore counts convolutions (the batch-folded grouped conv of AWConv2d included) and matrix
-products, and ignores elementwise ops. AWConv2d's kernel modulation K + K * A is one
-``aten::addcmul`` per layer, as large as the kernel times the batch: we count it as one
-multiply-add per element, like a conv's MAC.
+fvcore counts convolutions (the batch-folded grouped conv of AWConv2d included), matrix
+products and einsum, and ignores elementwise ops. Two ops it does not know:
+
+- AWConv2d's kernel modulation K + K * A, one ``aten::addcmul`` per layer as large as the
+  kernel times the batch: one multiply-add per element, like a conv's MAC;
+- AAConv2d's fused ``aten::scaled_dot_product_attention``: its two matrix products
+  (q k^T and weights v), as fvcore counts them in the explicit path.
 """
 from fvcore.nn.jit_handles import get_shape
 from math import prod
@@ -15,9 +18,16 @@ def _addcmul_flop(inputs, outputs):
     return prod(get_shape(outputs[0]))
 
 
+def _sdpa_flop(inputs, outputs):
+    q, k, v = (get_shape(t) for t in inputs[:3])  # (..., L, d), (..., S, d), (..., S, d_v)
+    batch = prod(q[:-2])
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
 def add_flop_handles(analysis):
     """Register our handles on an fvcore (or Detectron2) FlopCountAnalysis; returns it."""
-    return analysis.set_op_handle("aten::addcmul", _addcmul_flop)
+    return analysis.set_op_handle("aten::addcmul", _addcmul_flop,
+                                  "aten::scaled_dot_product_attention", _sdpa_flop)
 
 
 def flop_count(module, inputs):
