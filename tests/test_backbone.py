@@ -154,16 +154,22 @@ def _c2_name(name):
     return f"{stage}_{index}_{branch}{bn}_{suffix[parts[-1]]}"
 
 
+def write_c2_r50_pkl(path):
+    """A random R-50 ImageNet checkpoint in Detectron2's Caffe2 format; returns its blobs."""
+    plain = backbone(make_cfg(50, **{"MODEL.BACKBONE.NAME": "build_aw_resnet_backbone"}))
+    blobs = {_c2_name(k): torch.randn(v.shape).numpy() for k, v in plain.state_dict().items()
+             if not k.endswith(("running_mean", "running_var"))}  # FrozenBN in R-50.pkl: s, b
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": blobs}, f)
+    return blobs
+
+
 def test_c2_imagenet_pkl_loads_into_every_variant(tmp_path, caplog):
     cfg = make_cfg(50, aw=True, act="SE")
     cfg.MODEL.BACKBONE.NAME = "build_aw_resnet_backbone"
     model = backbone(cfg)
-    plain = backbone(make_cfg(50, **{"MODEL.BACKBONE.NAME": "build_aw_resnet_backbone"}))
-    blobs = {_c2_name(k): torch.randn(v.shape).numpy() for k, v in plain.state_dict().items()
-             if not k.endswith(("running_mean", "running_var"))}
     path = str(tmp_path / "R-50.pkl")
-    with open(path, "wb") as f:
-        pickle.dump({"blobs": blobs, "__author__": "synthetic"}, f)
+    blobs = write_c2_r50_pkl(path)
     with caplog.at_level(logging.INFO):
         AWCheckpointer(model).load(path)
     state = model.state_dict()
@@ -199,12 +205,8 @@ def test_aa_blocks_and_baseline_weights(tmp_path, caplog):
 def test_c2_pkl_loads_into_aa(tmp_path, caplog):
     cfg = make_cfg(50, **{"MODEL.AA.ENABLED": True, "MODEL.BACKBONE.NAME": "build_aw_resnet_backbone"})
     model = backbone(cfg)
-    plain = backbone(make_cfg(50, **{"MODEL.BACKBONE.NAME": "build_aw_resnet_backbone"}))
-    blobs = {_c2_name(k): torch.randn(v.shape).numpy() for k, v in plain.state_dict().items()
-             if not k.endswith(("running_mean", "running_var"))}
     path = str(tmp_path / "R-50.pkl")
-    with open(path, "wb") as f:
-        pickle.dump({"blobs": blobs}, f)
+    blobs = write_c2_r50_pkl(path)
     with caplog.at_level(logging.INFO):
         AWCheckpointer(model).load(path)
     n = model.res5[1].conv2.conv.out_channels

@@ -64,7 +64,7 @@ def load_run(run_dir, dataset=None, with_model_stats=True):
 
 
 def _mean_std(values):
-    values = [v for v in values if v is not None]
+    values = [v for v in map(_number, values) if v is not None]
     if not values:
         return None, None
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -90,35 +90,43 @@ def compare_runs(rows):
     base = rows[0]
     for row in rows:
         for key in METRICS + ["params", "gflops", "train_s_per_iter", "inference_s_per_img"]:
-            value, ref = row.get(key), base.get(key)
+            value, ref = _number(row.get(key)), _number(base.get(key))
             row["d_" + key] = None if value is None or ref is None else value - ref
     return rows
 
 
-def _fmt(value, digits=2, std=None, delta=None):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _number(value):
+    """None for missing and NaN (COCOeval's "no objects of this size")."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+# (header, row key, digits, scale, show Δ vs the first row)
+COLUMNS = [(m, m, 2, 1, True) for m in METRICS] + [
+    ("params (M)", "params", 2, 1e-6, True),
+    ("GFLOPs", "gflops", 2, 1, True),
+    ("train s/iter", "train_s_per_iter", 3, 1, False),
+    ("inference s/img", "inference_s_per_img", 3, 1, False),
+]
+
+
+def _cell(row, key, digits, scale, with_delta):
+    value = _number(row.get(key))
+    if value is None:
         return "–"
-    text = f"{value:.{digits}f}"
-    if std:
-        text += f" ± {std:.{digits}f}"
-    if delta is not None:
-        text += f" ({delta:+.{digits}f})"
+    text = f"{value * scale:.{digits}f}"
+    if row.get(key + "_std"):
+        text += f" ± {row[key + '_std'] * scale:.{digits}f}"
+    if with_delta and row.get("d_" + key) is not None:
+        text += f" ({row['d_' + key] * scale:+.{digits}f})"
     return text
 
 
 def markdown_table(rows):
-    header = ["run"] + METRICS + ["params (M)", "GFLOPs", "train s/iter", "inference s/img"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| run | " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
     for i, row in enumerate(rows):
-        delta = (lambda k: None) if i == 0 else (lambda k: row.get("d_" + k))
-        cells = [row["run"]]
-        cells += [_fmt(row[m], 2, row.get(m + "_std"), delta(m)) for m in METRICS]
-        cells.append(_fmt(row["params"] / 1e6 if row.get("params") else None, 2, None,
-                          None if i == 0 or row.get("d_params") is None else row["d_params"] / 1e6))
-        cells.append(_fmt(row.get("gflops"), 2, None, delta("gflops")))
-        cells.append(_fmt(row.get("train_s_per_iter"), 3, row.get("train_s_per_iter_std")))
-        cells.append(_fmt(row.get("inference_s_per_img"), 3, row.get("inference_s_per_img_std")))
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [_cell(row, key, digits, scale, delta and i > 0)
+                 for _, key, digits, scale, delta in COLUMNS]
+        lines.append(f"| {row['run']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
