@@ -13,4 +13,4 @@ demo: env
 	$(PY) tools/run_demo.py
 
 clean:
-	rm -rf output demo_output
+	rm -rf output

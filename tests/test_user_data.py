@@ -249,6 +249,7 @@ def test_diverging_loss_stops_with_hint_and_keeps_checkpoint(tiny_shapes, tmp_pa
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert re.search("training stopped at iteration [0-9]+: .*(NaN|Inf)", proc.stderr), proc.stderr[-1500:]
     assert "Lower SOLVER.BASE_LR" in proc.stderr and "last good checkpoint is" in proc.stderr
+    assert "start from it with MODEL.WEIGHTS" in proc.stderr
     _no_traceback(proc)
     last = open(os.path.join(out, "last_checkpoint")).read().strip()
     assert os.path.exists(os.path.join(out, last)) and not os.path.exists(os.path.join(out, "model_final.pth"))

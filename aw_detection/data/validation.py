@@ -11,8 +11,6 @@ non-positive width/height, or none of it inside the image, is dropped.
 import json
 import logging
 import os
-from collections import Counter
-
 from PIL import Image
 
 from ..errors import UserError
@@ -143,6 +141,6 @@ def validate_coco(json_file, image_root, name, training=False, check_images=True
     summary = DatasetSummary(name=name, json_file=json_file, image_root=image_root,
                              images=len(data["images"]), boxes=len(kept), categories=categories,
                              data=data, fixed=len(clipped) + len(dropped))
-    empty = Counter(a["image_id"] for a in kept)
-    logger.info(summary.line() + f"; {len(image_ids) - len(empty)} images without boxes")
+    with_boxes = {a["image_id"] for a in kept}
+    logger.info(summary.line() + f"; {len(image_ids) - len(with_boxes)} images without boxes")
     return summary

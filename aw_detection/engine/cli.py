@@ -36,8 +36,9 @@ def user_errors(debug=False, run=None):
         if output_dir and os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
             with open(os.path.join(output_dir, "last_checkpoint")) as f:
                 last = os.path.join(output_dir, f.read().strip())
-        kept = (f"The last good checkpoint is {last}; continue from it with --resume after the "
-                "change." if last else "No checkpoint was written before it.")
+        # Not --resume: it would restore the optimizer and scheduler with the old LR.
+        kept = (f"The last good checkpoint is {last}; after the change, start from it with "
+                f"MODEL.WEIGHTS {last}." if last else "No checkpoint was written before it.")
         print(f"error: training stopped{where}: {first_line} Lower SOLVER.BASE_LR or enable "
               f"SOLVER.CLIP_GRADIENTS.ENABLED True. {kept}", file=sys.stderr, flush=True)
         sys.exit(DIVERGED_EXIT)
