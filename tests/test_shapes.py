@@ -40,5 +40,5 @@ def test_annotations_are_valid_coco(tmp_path):
         per_image[ann["image_id"]] = per_image.get(ann["image_id"], 0) + 1
     counts = [per_image.get(i, 0) for i in sizes]
     assert min(counts) == 0, "some images have no objects"
-    assert max(counts) >= 8, "some images are crowded"
+    assert max(counts) >= 6, "some images are crowded (7-10 shapes drawn, a few hidden)"
     assert len({a["category_id"] for a in data["annotations"]}) == len(SHAPES_CLASSES)

@@ -155,6 +155,8 @@ def test_cli_reports_input_errors_without_traceback(tiny_shapes, tmp_path):
         (["--config-file", DEMO_CONFIG, "MODEL.WEIGHTS", str(tmp_path / "none.pth")],
          "MODEL.WEIGHTS .*none.pth does not exist"),
         (["--config-file", DEMO_CONFIG, "DATASETS.TRAIN", "('mine',)"], "'mine', which is not registered"),
+        (["--config-file", DEMO_CONFIG, "MODEL.AW.ENABLED", "True", "MODEL.AW.ATTENTION_GROUPS", "3"],
+         "res3: AWConv2d: attention_groups must divide out_channels=128.*check MODEL.AW"),
         (["--config-file", DEMO_CONFIG, *tiny_shapes["args"], "MODEL.ROI_HEADS.NUM_CLASSES", "3",
           "DATASETS.TRAIN", "('tiny_train',)"], "NUM_CLASSES=3 but training set tiny_train has 5"),
     ]

@@ -16,6 +16,7 @@ from detectron2.modeling.backbone.resnet import (
     ResNet,
 )
 
+from ...errors import ConfigError
 from ...layers import AAConv2d, AWConv2d, aa_channels, create_act_attention
 
 __all__ = [
@@ -44,7 +45,7 @@ def to_aw_conv(conv, reduction, attention_groups):
 def to_aa_conv(conv, heads, kappa, nu, max_size, aw=None):
     """An AAConv2d replacing ``conv``; its conv branch starts from ``conv``'s first filters."""
     if conv.groups != 1:
-        raise ValueError("MODEL.AA: grouped 3x3 convs (RESNETS.NUM_GROUPS > 1) are not supported")
+        raise ConfigError("MODEL.AA: grouped 3x3 convs (RESNETS.NUM_GROUPS > 1) are not supported")
     key_channels, value_channels = aa_channels(conv.out_channels, heads, kappa, nu)
     aa = AAConv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, heads=heads,
@@ -131,14 +132,17 @@ def _check_stages(cfg):
             continue
         for stage in stages:
             if stage not in STAGE_NAMES:
-                raise ValueError(f"{key}: unknown stage {stage!r}; use some of {STAGE_NAMES}")
+                raise ConfigError(f"{key}: unknown stage {stage!r}; use some of {STAGE_NAMES}")
             if STAGE_NAMES.index(stage) + 2 <= cfg.MODEL.BACKBONE.FREEZE_AT:
-                raise ValueError(
+                raise ConfigError(
                     f"{key} has {stage}, but MODEL.BACKBONE.FREEZE_AT="
                     f"{cfg.MODEL.BACKBONE.FREEZE_AT} freezes it, so its attention could not "
                     f"train. Remove {stage} or lower FREEZE_AT."
                 )
-    create_act_attention(cfg.MODEL.ACT_ATTENTION.TYPE, 8)  # validates the name early
+    try:
+        create_act_attention(cfg.MODEL.ACT_ATTENTION.TYPE, 8)  # validates the name early
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 @BACKBONE_REGISTRY.register()
@@ -156,10 +160,10 @@ def build_aw_resnet_backbone(cfg, input_shape):
     basic = depth in (18, 34)
     if basic and (res.RES2_OUT_CHANNELS != 64 or res.RES5_DILATION != 1 or res.NUM_GROUPS != 1
                   or any(res.DEFORM_ON_PER_STAGE)):
-        raise ValueError("R18/R34 need RESNETS.RES2_OUT_CHANNELS=64, RES5_DILATION=1, "
+        raise ConfigError("R18/R34 need RESNETS.RES2_OUT_CHANNELS=64, RES5_DILATION=1, "
                          "NUM_GROUPS=1 and no DEFORM_ON_PER_STAGE")
     if res.RES5_DILATION not in (1, 2):
-        raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {res.RES5_DILATION}")
+        raise ConfigError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {res.RES5_DILATION}")
 
     in_channels, out_channels = res.STEM_OUT_CHANNELS, res.RES2_OUT_CHANNELS
     bottleneck_channels = res.NUM_GROUPS * res.WIDTH_PER_GROUP
@@ -180,7 +184,7 @@ def build_aw_resnet_backbone(cfg, input_shape):
                           num_groups=res.NUM_GROUPS)
         attention = _stage_attention(cfg, stage)
         if attention and res.DEFORM_ON_PER_STAGE[idx]:
-            raise ValueError(f"{stage}: deformable conv and attention cannot share a stage")
+            raise ConfigError(f"{stage}: deformable conv and attention cannot share a stage")
         if attention:
             kwargs["block_class"] = AttentionBasicBlock if basic else AttentionBottleneckBlock
             kwargs.update(attention)
@@ -192,7 +196,12 @@ def build_aw_resnet_backbone(cfg, input_shape):
                           deform_num_groups=res.DEFORM_NUM_GROUPS)
         else:
             kwargs["block_class"] = BottleneckBlock
-        stages.append(ResNet.make_stage(**kwargs))
+        try:
+            stages.append(ResNet.make_stage(**kwargs))
+        except ConfigError:
+            raise
+        except ValueError as e:  # a layer refusing its arguments, e.g. ATTENTION_GROUPS
+            raise ConfigError(f"{stage}: {e}; check MODEL.AW / MODEL.AA") from e
         in_channels = out_channels
         out_channels *= 2
         bottleneck_channels *= 2
