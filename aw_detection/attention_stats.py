@@ -18,7 +18,7 @@ import torch
 
 from .layers import AWConv2d
 
-__all__ = ["collect_attention", "attention_statistics", "plot_attention"]
+__all__ = ["collect_attention", "attention_statistics", "plot_attention", "write_statistics"]
 
 
 def collect_attention(model, inputs):
