@@ -63,7 +63,7 @@ def plot_attention(stats, attention, layer, output_dir):
     import matplotlib.pyplot as plt
 
     names = list(stats)
-    short = [n.replace("backbone.bottom_up.", "").replace(".conv", "") for n in names]
+    short = [n.replace("backbone.bottom_up.", "") for n in names]
     fig, axes = plt.subplots(3, 1, figsize=(max(8, 0.35 * len(names)), 9), sharex=True)
     for ax, key, label in zip(axes, ("mass_moved", "max_abs", "between_image_std"),
                               ("kernel mass moved", "max |A|", "between-image std / std")):
