@@ -131,7 +131,7 @@ def _layer_step(layer, x, inference):
     return run
 
 
-def _make_aa_step(stage, channels, h, w, impl, device="cpu"):
+def _make_aa_step(channels, h, w, impl, device="cpu"):
     from .layers import AAConv2d, relative_logits_2d_naive
 
     torch.manual_seed(0)
@@ -152,12 +152,12 @@ def aa_memory_benchmark(iters=5, device="cpu", stages=RESNET50_3X3_SHAPES[1:]):
     naive (HW, HW, d) relative embedding: median ms and peak extra memory."""
     rows = []
     for stage, c, h, w in stages:
-        steps = {impl: _make_aa_step(stage, c, h, w, impl, device)
+        steps = {impl: _make_aa_step(c, h, w, impl, device)
                  for impl in ("fused", "explicit", "naive")}
         seconds = time_interleaved(steps, iters, warmup=1, device=device)
         for impl in ("fused", "explicit", "naive"):
             rows.append({"stage": stage, "size": f"{h}x{w}", "impl": impl, "ms": 1000 * seconds[impl],
-                         "peak_mb": peak_memory_mb(_make_aa_step, stage, c, h, w, impl, device,
+                         "peak_mb": peak_memory_mb(_make_aa_step, c, h, w, impl, device,
                                                    device=device)})
     return rows
 

@@ -52,12 +52,16 @@ class Predictor:
             raise UserError(f"{path}: cannot be read as an image ({e})")
         return rgb, (rgb[:, :, ::-1] if self.cfg.INPUT.FORMAT == "BGR" else rgb)
 
-    @torch.no_grad()
-    def __call__(self, image):
+    def model_input(self, image):
+        """The model's input dict for an HxWxC image in the model's format."""
         h, w = image.shape[:2]
         resized = self.resize.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
-        return self.model([{"image": tensor, "height": h, "width": w}])[0]["instances"].to("cpu")
+        return {"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
+                "height": h, "width": w}
+
+    @torch.no_grad()
+    def __call__(self, image):
+        return self.model([self.model_input(image)])[0]["instances"].to("cpu")
 
 
 def detections_to_json(instances, class_names):

@@ -10,7 +10,6 @@ varies between images, mean A per kernel tap), summary.png and layer_<NAME>.png.
 import argparse
 import os
 
-import torch
 from tabulate import tabulate
 
 import aw_detection  # noqa: F401
@@ -39,13 +38,8 @@ def main():
     with user_errors(args.debug):
         cfg = load_config(args.config_file, args.opts)
         predictor = Predictor(cfg)
-        inputs = []
-        for path in list_images(args.input)[: args.max_images]:
-            image = predictor.read(path)[1]
-            h, w = image.shape[:2]
-            resized = predictor.resize.get_transform(image).apply_image(image)
-            inputs.append({"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
-                           "height": h, "width": w})
+        inputs = [predictor.model_input(predictor.read(path)[1])
+                  for path in list_images(args.input)[: args.max_images]]
         attention, layers = collect_attention(predictor.model, inputs)
         if not attention:
             raise UserError(f"{args.config_file}: the model has no AW layers (MODEL.AW.ENABLED)")

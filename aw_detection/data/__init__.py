@@ -4,6 +4,8 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from .custom import parse_dataset_arg, prepare_datasets
+from .mapper import RobustDatasetMapper, read_image
 from .shapes import SHAPES_CLASSES, SPLITS, ensure_shapes, generate_shapes, shapes_root
 
 
@@ -28,6 +30,3 @@ def register_shapes():
 
 
 register_shapes()
-
-from .custom import parse_dataset_arg, prepare_datasets  # noqa: E402
-from .mapper import RobustDatasetMapper, read_image  # noqa: E402

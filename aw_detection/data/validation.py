@@ -29,14 +29,14 @@ class DatasetSummary(dict):
                 f"{len(self['categories'])} classes ({self['json_file']})")
 
 
-def _ids(items, where, key="id"):
+def _ids(items, where):
     seen, dups = set(), []
     for item in items:
-        if item[key] in seen:
-            dups.append(item[key])
-        seen.add(item[key])
+        if item["id"] in seen:
+            dups.append(item["id"])
+        seen.add(item["id"])
     if dups:
-        raise UserError(f"{where}: duplicate {key}s {sorted(set(dups))[:5]}; ids must be unique")
+        raise UserError(f"{where}: duplicate ids {sorted(set(dups))[:5]}; ids must be unique")
     return seen
 
 
@@ -53,7 +53,7 @@ def _few(ids):
     return ", ".join(str(i) for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
 
 
-def validate_coco(json_file, image_root, name, training=False, check_images=True):
+def validate_coco(json_file, image_root, name, training=False):
     """Check a COCO instances file (and its images); returns a DatasetSummary with the
     (possibly fixed) data. Raises UserError on anything that cannot be fixed safely."""
     if not os.path.isfile(json_file):
@@ -117,24 +117,23 @@ def validate_coco(json_file, image_root, name, training=False, check_images=True
         raise UserError(f"{json_file}: training set {name} has no (valid) annotations; "
                         "there is nothing to learn from")
 
-    if check_images:
-        missing, unreadable = [], []
-        for im in data["images"]:
-            path = os.path.join(image_root, im["file_name"])
-            if not os.path.isfile(path):
-                missing.append(im["file_name"])
-                continue
-            try:
-                with Image.open(path) as img:
-                    img.size  # header only: fast even for large datasets
-            except Exception:
-                unreadable.append(im["file_name"])
-        if missing:
-            raise UserError(f"{name}: {len(missing)} image file(s) listed in {json_file} are not "
-                            f"in {image_root}: {_few(missing)}; fix file_name or the image folder")
-        if unreadable:
-            raise UserError(f"{name}: {len(unreadable)} image file(s) in {image_root} cannot be "
-                            f"read as images: {_few(unreadable)}; replace or remove them")
+    missing, unreadable = [], []
+    for im in data["images"]:
+        path = os.path.join(image_root, im["file_name"])
+        if not os.path.isfile(path):
+            missing.append(im["file_name"])
+            continue
+        try:
+            with Image.open(path) as img:
+                img.size  # header only: fast even for large datasets
+        except Exception:
+            unreadable.append(im["file_name"])
+    if missing:
+        raise UserError(f"{name}: {len(missing)} image file(s) listed in {json_file} are not "
+                        f"in {image_root}: {_few(missing)}; fix file_name or the image folder")
+    if unreadable:
+        raise UserError(f"{name}: {len(unreadable)} image file(s) in {image_root} cannot be "
+                        f"read as images: {_few(unreadable)}; replace or remove them")
 
     data = dict(data, annotations=kept)
     categories = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]

@@ -29,8 +29,6 @@ class AWCheckpointer(DetectionCheckpointer):
 
     def load(self, path, *args, **kwargs):
         """Detectron2's load, with one clear error for a file that is not a checkpoint."""
-        if not path:
-            return super().load(path, *args, **kwargs)
         try:
             return super().load(path, *args, **kwargs)
         except UserError:
@@ -79,8 +77,8 @@ class AWCheckpointer(DetectionCheckpointer):
     def _log_incompatible_keys(self, incompatible):
         new = [k for k in incompatible.missing_keys if is_attention_param(k)]
         if new:
-            stages = Counter(k.split(".")[k.split(".").index("bottom_up") + 1]
-                             if "bottom_up" in k else k.split(".")[0] for k in new)
+            parts = [k.split(".") for k in new]
+            stages = Counter(next((p for p in ks if p.startswith("res")), ks[0]) for ks in parts)
             where = ", ".join(f"{s} ({n})" for s, n in sorted(stages.items()))
             self.logger.info(
                 f"{len(new)} attention parameter tensors are not in the checkpoint and keep "

@@ -15,6 +15,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import RobustDatasetMapper
+from ..errors import ConfigError
 from ..evaluation import write_eval_results
 from .checkpoint import AWCheckpointer
 from .cli import DropDivergedTraceback
@@ -73,7 +74,7 @@ class Trainer(DefaultTrainer):
         if name == "SGD":
             return super().build_optimizer(cfg, model)
         if name != "ADAMW":
-            raise ValueError(f'SOLVER.OPTIMIZER must be "SGD" or "ADAMW", got "{cfg.SOLVER.OPTIMIZER}"')
+            raise ConfigError(f'SOLVER.OPTIMIZER must be "SGD" or "ADAMW", got "{cfg.SOLVER.OPTIMIZER}"')
         params = get_default_optimizer_params(
             model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
