@@ -1,5 +1,20 @@
-"""Config keys of aw_detection. This is the only place they are created."""
+"""Config keys of aw_detection (this is the only place they are created) and loading a config
+from the command line with clear errors."""
+import difflib
+import logging
+import os
+import re
+
+import torch
+import yaml
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+from .errors import UserError
+
+__all__ = ["add_aw_config", "load_config", "load_run_config"]
+
+logger = logging.getLogger("aw_detection")
 
 
 def add_aw_config(cfg):
@@ -42,4 +57,68 @@ def add_aw_config(cfg):
     # "SGD" (Detectron2's optimizer) or "ADAMW". AdamW trains the small from-scratch demo
     # models much faster on CPU; COCO configs keep SGD as in the model zoo.
     _C.SOLVER.OPTIMIZER = "SGD"
+
+    # The model's classes in the order of its outputs, and their category ids in the training
+    # set's annotation file. tools/train_net.py fills them from the training set, so that a
+    # run's config.yaml alone names its classes (demo, evaluation, export). Empty: taken from
+    # the metadata of the config's datasets.
+    _C.MODEL.CLASS_NAMES = []
+    _C.MODEL.CATEGORY_IDS = []
     return cfg
+
+
+def _all_keys(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, CN):
+            yield from _all_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _config_error(cfg, source, error):
+    message = str(error).strip("'\"")
+    match = re.search(r"Non-existent (?:config )?key: (\S+)", message)
+    if match:
+        key = match.group(1)
+        close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        return UserError(f"{source}: unknown config key {key}.{hint}")
+    return UserError(f"{source}: {message}")
+
+
+def load_config(config_file, opts=()):
+    """get_cfg() + add_aw_config + file + KEY VALUE overrides (not frozen), every mistake a
+    UserError naming the file or key."""
+    if not os.path.isfile(config_file):
+        raise UserError(f"config file {config_file} does not exist")
+    cfg = add_aw_config(get_cfg())
+    try:
+        cfg.merge_from_file(config_file)
+    except (KeyError, ValueError, AssertionError, yaml.YAMLError) as e:
+        raise _config_error(cfg, config_file, e)
+    except FileNotFoundError as e:  # a missing _BASE_
+        raise UserError(f"{config_file}: {e}")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise _config_error(cfg, "command-line override", e)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available here: "
+                       "running on CPU")
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def load_run_config(run_dir, opts=()):
+    """A trained run's ``config.yaml`` with MODEL.WEIGHTS set to its ``model_final.pth``
+    (a MODEL.WEIGHTS in ``opts`` wins): all a run directory needs to describe its model."""
+    config = os.path.join(run_dir, "config.yaml")
+    weights = os.path.join(run_dir, "model_final.pth")
+    if not os.path.isfile(config):
+        raise UserError(f"--run {run_dir}: no config.yaml there; give a tools/train_net.py OUTPUT_DIR")
+    if "MODEL.WEIGHTS" not in list(opts)[::2]:
+        if not os.path.isfile(weights):
+            raise UserError(f"--run {run_dir}: no model_final.pth there (is the run finished?); "
+                            "name a checkpoint with MODEL.WEIGHTS")
+        opts = ["MODEL.WEIGHTS", weights, *opts]
+    return load_config(config, opts)

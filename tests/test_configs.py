@@ -5,7 +5,7 @@ import os
 import pytest
 from detectron2.modeling import build_model
 
-from aw_detection.engine import load_config
+from aw_detection.config import load_config
 
 from .conftest import ROOT
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from aw_detection.data import RobustDatasetMapper, generate_shapes, read_image
 from aw_detection.data.validation import validate_coco
-from aw_detection.engine import load_config
+from aw_detection.config import load_config
 from aw_detection.errors import UserError
 
 from .conftest import DEMO_CONFIG, ROOT, TINY_OPTS, run_tool
@@ -40,12 +40,12 @@ def _broken(coco, mutate):
 
 CASES = {
     "missing key": (lambda d: d.pop("categories"), "missing or non-list top-level key\\(s\\) \\['categories'\\]"),
-    "duplicate image id": (lambda d: d["images"][1].update(id=d["images"][0]["id"]), "images: duplicate ids \\[1\\]"),
+    "duplicate image id": (lambda d: d["images"][1].update(id=d["images"][0]["id"]), "images: duplicate ids 1;"),
     "duplicate annotation id": (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]), "annotations: duplicate ids"),
     "unknown image": (lambda d: d["annotations"][0].update(image_id=999), "annotation id=1 refers to image_id=999"),
     "unknown category": (lambda d: d["annotations"][0].update(category_id=42), "annotation id=1 has category_id=42"),
     "image field": (lambda d: d["images"][2].pop("file_name"), "images\\[2\\] \\(id=3\\) lacks field\\(s\\) \\['file_name'\\]"),
-    "bbox format": (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "annotation id=1 bbox must be"),
+    "bbox format": (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "annotation id=1: bbox must be"),
     "missing image file": (lambda d: d["images"][0].update(file_name="nope.png"), "1 image file\\(s\\) .* not in .*: nope.png"),
 }
 

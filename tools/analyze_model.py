@@ -12,7 +12,8 @@ from tabulate import tabulate
 
 import aw_detection  # noqa: F401  (registers backbones)
 from aw_detection.analysis import model_statistics
-from aw_detection.engine import load_config, user_errors
+from aw_detection.cli import user_errors
+from aw_detection.config import load_config
 
 
 def main():

@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 import aw_detection  # noqa: F401  (registers backbones)
 from aw_detection.benchmark import aa_memory_benchmark, layer_benchmark, model_benchmark
-from aw_detection.engine import load_config
+from aw_detection.config import load_config
 
 
 def main():

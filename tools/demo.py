@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Run a trained model on images; write them with drawn boxes and a detections JSON.
 
-    tools/demo.py --config-file configs/demo/shapes_R_18_FPN_aw.yaml --input IMG|DIR|GLOB \\
-        --output OUT_DIR MODEL.WEIGHTS output/demo/shapes_R_18_FPN_aw/model_final.pth
+    tools/demo.py --run output/demo/shapes_R_18_FPN_aw --input IMG|DIR|GLOB --output OUT_DIR
+    tools/demo.py --config-file CFG --input ... --output ... MODEL.WEIGHTS model_final.pth
+
+Class names and category ids are the trained run's (its config.yaml); detections.json reports
+the dataset's own category ids.
 """
 import argparse
 import json
@@ -14,30 +17,30 @@ from tqdm import tqdm
 
 import aw_detection  # noqa: F401  (registers backbones and datasets)
 from aw_detection.data import prepare_datasets
-from aw_detection.engine import load_config, user_errors
+from aw_detection.cli import add_model_arguments, model_config, user_errors
 from aw_detection.inference import Predictor, detections_to_json, list_images
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True)
+    add_model_arguments(p)
     p.add_argument("--input", required=True, help="an image, a folder or a glob pattern")
     p.add_argument("--output", required=True, help="folder for the drawn images and detections.json")
     p.add_argument("--confidence", type=float, default=0.5, help="minimum score to draw and list")
     p.add_argument("--dataset", action="append", default=[], metavar="NAME=ANNOTATIONS.json:IMAGE_DIR",
-                   help="register a COCO dataset (for its class names, via DATASETS.TEST)")
+                   help="register a COCO dataset (class names for configs that do not name "
+                   "them, via DATASETS.TEST)")
     p.add_argument("--debug", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. MODEL.WEIGHTS")
     args = p.parse_args()
 
     with user_errors(args.debug):
-        cfg = load_config(args.config_file, args.opts)
+        cfg = model_config(args)
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence
         prepare_datasets(args.dataset, (), os.path.join(args.output, "datasets"))
         predictor = Predictor(cfg)
         paths = list_images(args.input)
         os.makedirs(args.output, exist_ok=True)
-        classes = predictor.metadata.get("thing_classes", [])
         results = []
         for path in tqdm(paths, desc="demo", disable=len(paths) == 1):
             rgb, image = predictor.read(path)
@@ -46,7 +49,7 @@ def main():
             name = os.path.splitext(os.path.basename(path))[0] + ".jpg"
             cv2.imwrite(os.path.join(args.output, name), drawn.get_image()[:, :, ::-1])
             results.append({"file": path, "output": name,
-                            "detections": detections_to_json(instances, classes)})
+                            "detections": detections_to_json(instances, predictor.metadata)})
         with open(os.path.join(args.output, "detections.json"), "w") as f:
             json.dump(results, f, indent=2)
         total = sum(len(r["detections"]) for r in results)

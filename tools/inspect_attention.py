@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """What the AW attention of a trained model does on some images.
 
-    tools/inspect_attention.py --config-file configs/demo/shapes_R_18_FPN_aw.yaml \\
-        --input IMG|DIR|GLOB --output OUT_DIR [--layer NAME] MODEL.WEIGHTS model_final.pth
+    tools/inspect_attention.py --run output/demo/shapes_R_18_FPN_aw --input IMG|DIR|GLOB \\
+        --output OUT_DIR [--layer NAME]    (or --config-file CFG MODEL.WEIGHTS model_final.pth)
 
 Writes attention_stats.json (per AW layer: mean, std, max |A|, kernel mass moved, how much A
 varies between images, mean A per kernel tap), summary.png and layer_<NAME>.png.
@@ -19,14 +19,14 @@ from aw_detection.attention_stats import (
     plot_attention,
     write_statistics,
 )
-from aw_detection.engine import load_config, user_errors
+from aw_detection.cli import add_model_arguments, model_config, user_errors
 from aw_detection.errors import UserError
 from aw_detection.inference import Predictor, list_images
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True)
+    add_model_arguments(p)
     p.add_argument("--input", required=True, help="an image, a folder or a glob pattern")
     p.add_argument("--output", required=True)
     p.add_argument("--layer", help="layer to plot in detail (default: the last AW layer)")
@@ -36,13 +36,14 @@ def main():
     args = p.parse_args()
 
     with user_errors(args.debug):
-        cfg = load_config(args.config_file, args.opts)
+        cfg = model_config(args)
         predictor = Predictor(cfg)
         inputs = [predictor.model_input(predictor.read(path)[1])
                   for path in list_images(args.input)[: args.max_images]]
         attention, layers = collect_attention(predictor.model, inputs)
         if not attention:
-            raise UserError(f"{args.config_file}: the model has no AW layers (MODEL.AW.ENABLED)")
+            raise UserError(f"{args.run or args.config_file}: the model has no AW layers "
+                            "(MODEL.AW.ENABLED)")
         layer = args.layer or list(attention)[-1]
         if layer not in attention:
             raise UserError(f"--layer {layer}: not an AW layer; choose one of {list(attention)}")

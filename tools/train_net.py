@@ -12,7 +12,9 @@ from detectron2.engine import default_argument_parser, launch
 from torch.multiprocessing import ProcessExitedException
 
 import aw_detection  # noqa: F401  (registers backbones and datasets)
-from aw_detection.engine import AWCheckpointer, Trainer, setup, user_errors
+from aw_detection.checkpoint import AWCheckpointer
+from aw_detection.cli import user_errors
+from aw_detection.engine import Trainer, setup
 
 
 def main(args):
@@ -23,7 +25,7 @@ def main(args):
         run["output_dir"] = cfg.OUTPUT_DIR
         if args.eval_only:
             model = Trainer.build_model(cfg)
-            AWCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            AWCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True).resume_or_load(
                 cfg.MODEL.WEIGHTS, resume=args.resume
             )
             return Trainer.test(cfg, model)

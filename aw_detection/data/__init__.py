@@ -4,7 +4,14 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .custom import parse_dataset_arg, prepare_datasets
+from .custom import (
+    apply_dataset_classes,
+    check_registered,
+    dataset_classes,
+    num_classes_key,
+    parse_dataset_arg,
+    prepare_datasets,
+)
 from .mapper import RobustDatasetMapper, read_image
 from .shapes import SHAPES_CLASSES, SPLITS, ensure_shapes, generate_shapes, shapes_root
 
@@ -25,6 +32,7 @@ def register_shapes():
         DatasetCatalog.register(name, lambda split=split: _load_shapes(split))
         MetadataCatalog.get(name).set(
             thing_classes=list(SHAPES_CLASSES), evaluator_type="coco",
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPES_CLASSES))},
             json_file=os.path.join(root, f"{split}.json"), image_root=os.path.join(root, split),
         )
 

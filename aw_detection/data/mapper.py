@@ -16,15 +16,19 @@ __all__ = ["read_image", "RobustDatasetMapper"]
 logger = logging.getLogger("aw_detection")
 
 
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
 def read_image(path, format="BGR"):
-    """An image file as an HxWx3 uint8 array in ``format``. Applies EXIF orientation; grayscale,
-    palette, RGBA (alpha dropped) and 16-bit images are converted. 16-bit values map linearly
-    to 8 bits (v / 257): Detectron2's reader would saturate them to white."""
+    """An image file as an HxWx3 uint8 array in ``format``: Detectron2's reader (EXIF
+    orientation; grayscale, palette and RGBA converted), except for 16-bit images, whose values
+    map linearly to 8 bits (v / 257): Detectron2's reader would saturate them to white."""
     with Image.open(path) as img:
+        if img.mode not in SIXTEEN_BIT_MODES:
+            return utils.read_image(path, format)
         img = ImageOps.exif_transpose(img)
-        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-            values = np.asarray(img, dtype=np.float32) / 257.0
-            img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+        values = np.asarray(img, dtype=np.float32) / 257.0
+        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
         return utils.convert_PIL_to_numpy(img, format)
 
 

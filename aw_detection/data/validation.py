@@ -1,17 +1,23 @@
-"""Validation of a COCO-format instances dataset before training.
+"""Validation of a COCO-format instances dataset before training or evaluation.
 
-Errors (one message naming the file, the id/field and what to do): unreadable or malformed
+Refused, with one message naming the file, the id/field and what to do: unreadable or malformed
 JSON, missing top-level keys or fields, duplicate ids, annotations pointing to unknown images or
-categories, missing or unreadable image files, a training set without annotations.
+categories, box values that are not finite numbers, missing or unreadable image files, images
+whose ``height``/``width`` disagree with the file (as displayed, after EXIF rotation), a training
+set without annotations, and (for mask models) annotations without ``segmentation``.
 
-Boxes are fixed, consistently for training and evaluation, with one warning each kind:
-a box sticking out of its image is clipped to it (as Detectron2's mapper would); a box with
-non-positive width/height, or none of it inside the image, is dropped.
+Fixed, the same way for training and evaluation, with one warning per kind: a box sticking out
+of its image is clipped to it (as Detectron2's mapper would); a box with non-positive
+width/height, or none of it inside the image, is dropped; what COCO leaves implicit but COCOeval
+needs is filled in (``iscrowd`` 0, ``area`` from the segmentation or else the clipped box).
 """
 import json
 import logging
+import math
 import os
+
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from ..errors import UserError
 
@@ -19,43 +25,29 @@ __all__ = ["validate_coco", "DatasetSummary"]
 
 logger = logging.getLogger("aw_detection")
 
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
 
 class DatasetSummary(dict):
-    """name, json_file, image_root, images, boxes, categories (list of names), data (fixed
-    dict), fixed (number of clipped + dropped boxes)."""
+    """name, json_file, image_root, images, boxes, categories (names in id order),
+    category_ids (sorted), data (fixed dict), fixed (number of annotations changed)."""
 
     def line(self):
         return (f"dataset {self['name']}: {self['images']} images, {self['boxes']} boxes, "
                 f"{len(self['categories'])} classes ({self['json_file']})")
 
 
-def _ids(items, where):
-    seen, dups = set(), []
-    for item in items:
-        if item["id"] in seen:
-            dups.append(item["id"])
-        seen.add(item["id"])
-    if dups:
-        raise UserError(f"{where}: duplicate ids {sorted(set(dups))[:5]}; ids must be unique")
-    return seen
-
-
-def _require(items, fields, where):
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise UserError(f"{where}[{i}] is not an object")
-        missing = [f for f in fields if f not in item]
-        if missing:
-            raise UserError(f"{where}[{i}] (id={item.get('id')}) lacks field(s) {missing}")
-
-
 def _few(ids):
+    ids = list(ids)
     return ", ".join(str(i) for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
 
 
-def validate_coco(json_file, image_root, name, training=False):
-    """Check a COCO instances file (and its images); returns a DatasetSummary with the
-    (possibly fixed) data. Raises UserError on anything that cannot be fixed safely."""
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_json(json_file, image_root, name):
     if not os.path.isfile(json_file):
         raise UserError(f"{name}: annotation file {json_file} does not exist")
     if not os.path.isdir(image_root):
@@ -73,73 +65,158 @@ def validate_coco(json_file, image_root, name, training=False):
     if missing:
         raise UserError(f"{json_file}: missing or non-list top-level key(s) {missing}; a COCO "
                         "instances file has 'images', 'annotations' and 'categories' lists")
-    where = lambda key: f"{json_file}: {key}"  # noqa: E731
-    _require(data["images"], ("id", "file_name", "height", "width"), where("images"))
-    _require(data["categories"], ("id", "name"), where("categories"))
-    _require(data["annotations"], ("id", "image_id", "category_id", "bbox"), where("annotations"))
-    image_ids = _ids(data["images"], where("images"))
-    category_ids = _ids(data["categories"], where("categories"))
-    _ids(data["annotations"], where("annotations"))
+    return data
 
-    images = {im["id"]: im for im in data["images"]}
-    kept, clipped, dropped = [], [], []
-    for ann in data["annotations"]:
-        if ann["image_id"] not in image_ids:
-            raise UserError(f"{json_file}: annotation id={ann['id']} refers to image_id="
-                            f"{ann['image_id']}, which is not in 'images'")
-        if ann["category_id"] not in category_ids:
-            raise UserError(f"{json_file}: annotation id={ann['id']} has category_id="
-                            f"{ann['category_id']}, which is not in 'categories' "
-                            f"(known: {sorted(category_ids)[:20]})")
-        bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4
-                and all(isinstance(v, (int, float)) for v in bbox)):
-            raise UserError(f"{json_file}: annotation id={ann['id']} bbox must be [x, y, width, "
-                            f"height] numbers, got {bbox!r}")
-        x, y, w, h = bbox
-        im = images[ann["image_id"]]
-        x0, y0 = max(x, 0), max(y, 0)
-        x1, y1 = min(x + w, im["width"]), min(y + h, im["height"])
-        if w <= 0 or h <= 0 or x1 <= x0 or y1 <= y0:
-            dropped.append(ann["id"])
-            continue
-        if [x0, y0, x1 - x0, y1 - y0] != bbox:
-            clipped.append(ann["id"])
-            ann = dict(ann, bbox=[x0, y0, x1 - x0, y1 - y0])
-        kept.append(ann)
-    if clipped:
-        logger.warning(f"{json_file}: {len(clipped)} boxes stick out of their image and were "
-                       f"clipped to it (annotation ids {_few(clipped)})")
-    if dropped:
-        logger.warning(f"{json_file}: {len(dropped)} boxes have non-positive width/height or "
-                       f"lie outside their image and were dropped (annotation ids {_few(dropped)})")
-    if training and not kept:
-        raise UserError(f"{json_file}: training set {name} has no (valid) annotations; "
-                        "there is nothing to learn from")
 
-    missing, unreadable = [], []
+def _check_entries(items, fields, where):
+    """Every entry an object with ``fields``, ids unique and int/str; returns the id set."""
+    seen, dups = set(), []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise UserError(f"{where}[{i}] is not an object")
+        missing = [f for f in fields if f not in item]
+        if missing:
+            raise UserError(f"{where}[{i}] (id={item.get('id')}) lacks field(s) {missing}")
+        if not isinstance(item["id"], (int, str)) or isinstance(item["id"], bool):
+            raise UserError(f"{where}[{i}]: id must be an integer or string, got {item['id']!r}")
+        if item["id"] in seen:
+            dups.append(item["id"])
+        seen.add(item["id"])
+    if dups:
+        raise UserError(f"{where}: duplicate ids {_few(sorted(set(dups), key=str))}; ids must be unique")
+    return seen
+
+
+def _displayed_size(path):
+    """(width, height) of an image file as displayed, i.e. after its EXIF rotation (header only)."""
+    with Image.open(path) as img:
+        width, height = img.size
+        if img.getexif().get(EXIF_ORIENTATION) in TRANSPOSED:
+            return height, width
+        return width, height
+
+
+def _check_images(data, image_root, json_file, name):
+    """Files exist, are images, and have the size the JSON gives."""
+    missing, unreadable, mismatched = [], [], []
     for im in data["images"]:
-        path = os.path.join(image_root, im["file_name"])
+        if not (_is_number(im["height"]) and _is_number(im["width"])
+                and im["height"] > 0 and im["width"] > 0):
+            raise UserError(f"{json_file}: image id={im['id']} height/width must be positive "
+                            f"numbers, got {im['height']!r}/{im['width']!r}")
+        path = os.path.join(image_root, str(im["file_name"]))
         if not os.path.isfile(path):
             missing.append(im["file_name"])
             continue
         try:
-            with Image.open(path) as img:
-                img.size  # header only: fast even for large datasets
-        except Exception:
+            size = _displayed_size(path)
+        except Exception:  # PIL raises many kinds for non-images
             unreadable.append(im["file_name"])
+            continue
+        if size != (im["width"], im["height"]):
+            mismatched.append(f"{im['file_name']} (JSON {im['width']}x{im['height']}, file "
+                              f"{size[0]}x{size[1]})")
     if missing:
         raise UserError(f"{name}: {len(missing)} image file(s) listed in {json_file} are not "
                         f"in {image_root}: {_few(missing)}; fix file_name or the image folder")
     if unreadable:
         raise UserError(f"{name}: {len(unreadable)} image file(s) in {image_root} cannot be "
                         f"read as images: {_few(unreadable)}; replace or remove them")
+    if mismatched:
+        raise UserError(
+            f"{json_file}: {len(mismatched)} image(s) have a width x height other than their "
+            f"file's, as displayed after EXIF rotation: {_few(mismatched)}. Boxes would be "
+            "placed on the wrong extent: re-export the annotations for these files (an "
+            "annotation tool that ignored EXIF orientation is a common cause)")
 
-    data = dict(data, annotations=kept)
-    categories = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
-    summary = DatasetSummary(name=name, json_file=json_file, image_root=image_root,
-                             images=len(data["images"]), boxes=len(kept), categories=categories,
-                             data=data, fixed=len(clipped) + len(dropped))
+
+def _area(ann, box):
+    segmentation = ann.get("segmentation")
+    if isinstance(segmentation, list) and segmentation:
+        polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
+        if polygons:
+            rles = mask_utils.frPyObjects(polygons, 10 ** 6, 10 ** 6)
+            return float(mask_utils.area(mask_utils.merge(rles)))
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        rle = segmentation
+        if isinstance(rle["counts"], list):
+            rle = mask_utils.frPyObjects(rle, *rle["size"])
+        return float(mask_utils.area(rle))
+    return float(box[2] * box[3])
+
+
+def _fix_annotations(data, json_file, image_ids, category_ids, need_masks):
+    """Annotations checked, clipped, dropped or completed; returns (kept, {kind: [ids]})."""
+    images = {im["id"]: im for im in data["images"]}
+    kept, fixes = [], {"clipped": [], "dropped": [], "filled": []}
+    for ann in data["annotations"]:
+        where = f"{json_file}: annotation id={ann['id']}"
+        if ann["image_id"] not in image_ids:
+            raise UserError(f"{where} refers to image_id={ann['image_id']}, which is not in 'images'")
+        if ann["category_id"] not in category_ids:
+            raise UserError(f"{where} has category_id={ann['category_id']}, which is not in "
+                            f"'categories' (known: {_few(sorted(category_ids, key=str))})")
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+            raise UserError(f"{where}: bbox must be [x, y, width, height] of finite numbers, "
+                            f"got {bbox!r}")
+        for key in ("area", "iscrowd"):
+            if key in ann and not _is_number(ann[key]):
+                raise UserError(f"{where}: {key} must be a finite number, got {ann[key]!r}")
+        if need_masks and not ann.get("segmentation"):
+            raise UserError(f"{where} has no segmentation, which a mask model (MODEL.MASK_ON) "
+                            "needs for every annotation")
+        x, y, w, h = bbox
+        im = images[ann["image_id"]]
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + w, im["width"]), min(y + h, im["height"])
+        if w <= 0 or h <= 0 or x1 <= x0 or y1 <= y0:
+            fixes["dropped"].append(ann["id"])
+            continue
+        box = [x0, y0, x1 - x0, y1 - y0]
+        if box != bbox:
+            fixes["clipped"].append(ann["id"])
+            ann = dict(ann, bbox=box)
+        if "area" not in ann or "iscrowd" not in ann:
+            fixes["filled"].append(ann["id"])
+            ann = dict(ann, iscrowd=ann.get("iscrowd", 0),
+                       area=ann["area"] if "area" in ann else _area(ann, box))
+        kept.append(ann)
+    return kept, fixes
+
+
+FIX_MESSAGES = {
+    "clipped": "boxes stick out of their image and were clipped to it",
+    "dropped": "boxes have non-positive width/height or lie outside their image and were dropped",
+    "filled": "annotations lack area and/or iscrowd, which COCO evaluation needs; filled in "
+              "(iscrowd 0, area from the segmentation or else the box)",
+}
+
+
+def validate_coco(json_file, image_root, name, training=False, need_masks=False):
+    """Check a COCO instances file (and its images); returns a DatasetSummary with the
+    (possibly fixed) data. Raises UserError on anything that cannot be fixed safely."""
+    data = _read_json(json_file, image_root, name)
+    where = lambda key: f"{json_file}: {key}"  # noqa: E731
+    image_ids = _check_entries(data["images"], ("id", "file_name", "height", "width"), where("images"))
+    category_ids = _check_entries(data["categories"], ("id", "name"), where("categories"))
+    _check_entries(data["annotations"], ("id", "image_id", "category_id", "bbox"), where("annotations"))
+    _check_images(data, image_root, json_file, name)
+    kept, fixes = _fix_annotations(data, json_file, image_ids, category_ids, need_masks)
+    for kind, ids in fixes.items():
+        if ids:
+            logger.warning(f"{json_file}: {len(ids)} {FIX_MESSAGES[kind]} (annotation ids {_few(ids)})")
+    if training and not kept:
+        raise UserError(f"{json_file}: training set {name} has no (valid) annotations; "
+                        "there is nothing to learn from")
+
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    summary = DatasetSummary(
+        name=name, json_file=json_file, image_root=image_root, images=len(data["images"]),
+        boxes=len(kept), categories=[c["name"] for c in categories],
+        category_ids=[c["id"] for c in categories], data=dict(data, annotations=kept),
+        fixed=len(set().union(*fixes.values())),
+    )
     with_boxes = {a["image_id"] for a in kept}
     logger.info(summary.line() + f"; {len(image_ids) - len(with_boxes)} images without boxes")
     return summary

@@ -7,32 +7,21 @@ import weakref
 
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from torch.nn.parallel import DistributedDataParallel
 
+from ..checkpoint import AWCheckpointer
+from ..cli import DropDivergedTraceback
 from ..data import RobustDatasetMapper
 from ..errors import ConfigError
 from ..evaluation import write_eval_results
-from .checkpoint import AWCheckpointer
-from .cli import DropDivergedTraceback
 
-__all__ = ["Trainer", "InferenceTimer", "create_ddp_model"]
+__all__ = ["Trainer", "InferenceTimer"]
 
 logger = logging.getLogger("aw_detection")
-
-
-def create_ddp_model(model, **kwargs):
-    """Wrap in DDP when distributed. Unlike Detectron2's helper it passes ``device_ids`` only
-    for CUDA modules: DDP rejects them for CPU modules (gloo training)."""
-    if comm.get_world_size() == 1:
-        return model
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    device_ids = [comm.get_local_rank()] if on_cuda else None
-    return DistributedDataParallel(model, device_ids=device_ids, **kwargs)
 
 
 class Trainer(DefaultTrainer):
@@ -40,7 +29,8 @@ class Trainer(DefaultTrainer):
     wrapper that also works on CPU."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, with the DDP wrapper and checkpointer above.
+        # DefaultTrainer.__init__, with our checkpointer and a DDP wrapper that also works on
+        # CPU: Detectron2's default device_ids=[rank] is rejected by DDP for CPU modules.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -49,7 +39,9 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False)
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        model = create_ddp_model(model, broadcast_buffers=False,
+                                 device_ids=[comm.get_local_rank()] if on_cuda else None)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer
         )

@@ -4,9 +4,10 @@ import logging
 import os
 import sys
 
-from ..errors import UserError
+from .config import load_config, load_run_config
+from .errors import UserError
 
-__all__ = ["user_errors", "DIVERGED_EXIT", "USER_ERROR_EXIT"]
+__all__ = ["user_errors", "add_model_arguments", "model_config", "DIVERGED_EXIT", "USER_ERROR_EXIT"]
 
 USER_ERROR_EXIT = 2
 DIVERGED_EXIT = 3
@@ -50,3 +51,18 @@ class DropDivergedTraceback(logging.Filter):
 
     def filter(self, record):
         return not (record.exc_info and record.exc_info[0] is FloatingPointError)
+
+
+def add_model_arguments(parser):
+    """--config-file CFG or --run DIR (a trained run: its config.yaml and model_final.pth)."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--config-file", metavar="FILE", help="config (set MODEL.WEIGHTS too)")
+    group.add_argument("--run", metavar="DIR",
+                       help="a trained run's OUTPUT_DIR: its config.yaml and model_final.pth")
+
+
+def model_config(args):
+    """The (unfrozen) config of :func:`add_model_arguments`, with the KEY VALUE ``args.opts``."""
+    if args.run:
+        return load_run_config(args.run, args.opts)
+    return load_config(args.config_file, args.opts)
