@@ -4,15 +4,11 @@ import contextlib
 import torch
 from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
+from fvcore.nn import parameter_count
 
 from .layers import add_flop_handles
 
-__all__ = ["count_parameters", "count_gflops", "model_statistics"]
-
-
-def count_parameters(model):
-    return sum(p.numel() for p in model.parameters())
-
+__all__ = ["count_gflops", "model_statistics"]
 
 @contextlib.contextmanager
 def _fixed_proposals(model):
@@ -65,5 +61,5 @@ def model_statistics(cfg, height=None, width=None, model=None):
     height = height or cfg.INPUT.MIN_SIZE_TEST
     width = width or min(round(height * 4 / 3), cfg.INPUT.MAX_SIZE_TEST)
     gflops = count_gflops(model, height, width)
-    return {"params": count_parameters(model), "gflops": gflops["total"],
+    return {"params": parameter_count(model)[""], "gflops": gflops["total"],
             "backbone_gflops": gflops["backbone"], "input": [height, width]}

@@ -1,148 +1,173 @@
-"""Fine-tuning on the user's COCO data: validation, image formats, errors, never losing progress."""
+"""Fine-tuning on the user's own COCO data, through the CLI tools: a right result or a one-line
+refusal (exit 2, no traceback) naming the culprit, and never losing progress."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-from PIL import Image
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
 
-from aw_detection.data import RobustDatasetMapper, generate_shapes, read_image
-from aw_detection.data.validation import validate_coco
 from aw_detection.config import load_config
-from aw_detection.errors import UserError
+from aw_detection.data import generate_shapes, prepare_datasets
 
 from .conftest import DEMO_CONFIG, ROOT, TINY_OPTS, run_tool
 
-
-@pytest.fixture
-def coco(tmp_path):
-    """A small valid dataset we can break: (json path, image dir, data dict)."""
-    json_file = generate_shapes(str(tmp_path), "mine", 5, seed=3)
-    return json_file, str(tmp_path / "mine"), json.load(open(json_file))
-
-
-def _write(json_file, data):
-    with open(json_file, "w") as f:
-        json.dump(data, f)
-
-
-def _broken(coco, mutate):
-    json_file, image_dir, data = coco
-    mutate(data)
-    _write(json_file, data)
-    return json_file, image_dir
-
-
-CASES = {
-    "missing key": (lambda d: d.pop("categories"), "missing or non-list top-level key\\(s\\) \\['categories'\\]"),
-    "duplicate image id": (lambda d: d["images"][1].update(id=d["images"][0]["id"]), "images: duplicate ids 1;"),
-    "duplicate annotation id": (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]), "annotations: duplicate ids"),
-    "unknown image": (lambda d: d["annotations"][0].update(image_id=999), "annotation id=1 refers to image_id=999"),
-    "unknown category": (lambda d: d["annotations"][0].update(category_id=42), "annotation id=1 has category_id=42"),
-    "image field": (lambda d: d["images"][2].pop("file_name"), "images\\[2\\] \\(id=3\\) lacks field\\(s\\) \\['file_name'\\]"),
-    "bbox format": (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "annotation id=1: bbox must be"),
-    "missing image file": (lambda d: d["images"][0].update(file_name="nope.png"), "1 image file\\(s\\) .* not in .*: nope.png"),
-}
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_validation_errors_name_file_and_field(coco, case):
-    mutate, message = CASES[case]
-    json_file, image_dir = _broken(coco, mutate)
-    with pytest.raises(UserError, match=message) as info:
-        validate_coco(json_file, image_dir, "mine", training=True)
-    assert json_file in str(info.value) or "mine" in str(info.value)
-
-
-def test_malformed_json_and_missing_files(coco, tmp_path):
-    json_file, image_dir, _ = coco
-    with open(json_file, "w") as f:
-        f.write('{"images": [}')
-    with pytest.raises(UserError, match="not valid JSON \\(line 1, column 13"):
-        validate_coco(json_file, image_dir, "mine")
-    with pytest.raises(UserError, match="annotation file .*nothing.json does not exist"):
-        validate_coco(str(tmp_path / "nothing.json"), image_dir, "mine")
-
-
-def test_bad_boxes_are_clipped_or_dropped_with_a_warning(coco, caplog):
-    json_file, image_dir, data = coco
-    first, second = data["annotations"][:2]
-    width = next(im["width"] for im in data["images"] if im["id"] == first["image_id"])
-    first["bbox"] = [width - 10, 5, 50, 20]  # sticks out on the right
-    second["bbox"] = [5, 5, 0, 10]  # zero width
-    _write(json_file, data)
-    summary = validate_coco(json_file, image_dir, "mine", training=True)
-    kept = {a["id"]: a for a in summary["data"]["annotations"]}
-    assert kept[first["id"]]["bbox"] == [width - 10, 5, 10, 20]
-    assert second["id"] not in kept
-    assert summary["fixed"] == 2 and summary["boxes"] == len(data["annotations"]) - 1
-    text = caplog.text
-    assert "1 boxes stick out of their image and were clipped" in text and "were dropped" in text
-
-
-def test_training_set_without_annotations(coco):
-    json_file, image_dir = _broken(coco, lambda d: d.update(annotations=[]))
-    with pytest.raises(UserError, match="training set mine has no \\(valid\\) annotations"):
-        validate_coco(json_file, image_dir, "mine", training=True)
-    assert validate_coco(json_file, image_dir, "mine", training=False)["boxes"] == 0
-
-
-def test_unreadable_image_is_an_error(coco):
-    json_file, image_dir, data = coco
-    with open(os.path.join(image_dir, data["images"][0]["file_name"]), "wb") as f:
-        f.write(b"this is not a png")
-    with pytest.raises(UserError, match="1 image file\\(s\\) .* cannot be read as images: 00000.png"):
-        validate_coco(json_file, image_dir, "mine")
-
-
-def _pattern(h=24, w=32):
-    return (np.arange(h * w).reshape(h, w) % 200 + 20).astype(np.uint8)
-
-
-@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA", "I;16"])
-def test_image_modes_load_as_bgr(tmp_path, mode):
-    gray = _pattern()
-    if mode == "I;16":
-        img = Image.fromarray(gray.astype(np.uint16) * 257)
-    else:
-        img = Image.fromarray(gray).convert(mode)
-    path = str(tmp_path / "img.png")
-    img.save(path)
-    array = read_image(path, "BGR")
-    assert array.shape == (24, 32, 3) and array.dtype == np.uint8
-    np.testing.assert_array_equal(array[..., 0], gray)  # 16-bit too: v*257 -> v, not white
-
-
-def test_exif_rotated_jpeg(tmp_path):
-    img = np.zeros((20, 40, 3), np.uint8)
-    img[:, :10] = 255  # a white band on the left of the stored pixels
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    path = str(tmp_path / "rot.jpg")
-    Image.fromarray(img).save(path, exif=exif, quality=95)
-    array = read_image(path, "RGB")
-    assert array.shape == (40, 20, 3)
-    assert array[:10].mean() > 200 and array[-10:].mean() < 50  # the band is now at the top
-
-
-def test_corrupt_image_skipped_in_training_error_in_evaluation(tmp_path):
-    path = tmp_path / "cut.png"
-    Image.fromarray(np.stack([_pattern()] * 3, -1)).save(path)
-    path.write_bytes(path.read_bytes()[:60])  # valid header, truncated data
-    cfg = load_config(DEMO_CONFIG)
-    record = {"file_name": str(path), "height": 24, "width": 32, "image_id": 1, "annotations": []}
-    assert RobustDatasetMapper(cfg, True)(record) is None
-    with pytest.raises(UserError, match="cut.png cannot be decoded"):
-        RobustDatasetMapper(cfg, False)(record)
+AW_CONFIG = os.path.join(ROOT, "configs", "demo", "shapes_R_18_FPN_aw.yaml")
+SPARSE = {"names": ["round", "box", "pointy"], "ids": [3, 7, 11]}
 
 
 def _no_traceback(proc):
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+
+
+def _refused(proc, pattern):
+    """Exit status 2, the message on stderr in one line, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and re.search(pattern, errors[0]), (pattern, proc.stderr[-3000:])
+    _no_traceback(proc)
+
+
+def _sparse_split(root, split, seed):
+    """A shapes split relabelled to three classes with sparse ids and without the area/iscrowd
+    fields (as many converted exports have them)."""
+    json_file = generate_shapes(str(root), split, 6, seed)
+    data = json.load(open(json_file))
+    remap = {1: 3, 2: 7, 3: 11, 4: 11, 5: 3}
+    data["categories"] = [{"id": i, "name": n} for i, n in zip(SPARSE["ids"], SPARSE["names"])]
+    for ann in data["annotations"]:
+        ann["category_id"] = remap[ann["category_id"]]
+        del ann["area"], ann["iscrowd"]
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+    return f"{json_file}:{root}/{split}"
+
+
+@pytest.fixture(scope="module")
+def sparse_run(tmp_path_factory):
+    """An AW run trained (3 iterations) on the sparse-id data through tools/train_net.py."""
+    root = tmp_path_factory.mktemp("sparse")
+    train, val = _sparse_split(root, "train", 21), _sparse_split(root, "val", 22)
+    out = str(root / "run")
+    proc = run_tool("train_net.py", "--config-file", AW_CONFIG, "--dataset", f"mine_train={train}",
+                    "--dataset", f"mine_val={val}", *TINY_OPTS, "DATASETS.TRAIN", "('mine_train',)",
+                    "DATASETS.TEST", "('mine_val',)", "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", out)
+    return {"dir": out, "log": proc.stdout + proc.stderr, "val": val, "root": root}
+
+
+def test_finetune_with_sparse_ids_and_implicit_fields(sparse_run):
+    log, out = sparse_run["log"], sparse_run["dir"]
+    assert "MODEL.ROI_HEADS.NUM_CLASSES: 5 -> 3" in log
+    assert "annotations lack area and/or iscrowd" in log
+    results = json.load(open(os.path.join(out, "eval_results.json")))["mine_val"]["bbox"]
+    assert {"AP-round", "AP-box", "AP-pointy"} <= set(results)
+    fixed = json.load(open(os.path.join(out, "datasets", "mine_val.json")))
+    assert all(a["iscrowd"] == 0 and a["area"] > 0 for a in fixed["annotations"])
+    cfg = load_config(os.path.join(out, "config.yaml"))
+    assert list(cfg.MODEL.CLASS_NAMES) == SPARSE["names"]
+    assert list(cfg.MODEL.CATEGORY_IDS) == SPARSE["ids"]
+
+
+def test_demo_and_inspection_from_the_run_name_its_classes(sparse_run, tmp_path):
+    images = os.path.join(sparse_run["root"], "val")
+    run_tool("demo.py", "--run", sparse_run["dir"], "--input", images, "--output",
+             str(tmp_path / "demo"), "--confidence", "0.0")
+    results = json.load(open(tmp_path / "demo" / "detections.json"))
+    detections = [d for r in results for d in r["detections"]]
+    assert detections
+    for det in detections:  # the dataset's own ids, not the contiguous training index
+        assert det["category_id"] in SPARSE["ids"]
+        assert det["category"] == SPARSE["names"][SPARSE["ids"].index(det["category_id"])]
+    proc = run_tool("inspect_attention.py", "--run", sparse_run["dir"], "--input", images,
+                    "--output", str(tmp_path / "inspect"), "--max-images", "2")
+    assert "mass moved" in proc.stdout
+
+
+def test_eval_only_from_the_run_config_and_mismatched_test_sets(sparse_run, tmp_path):
+    out = sparse_run["dir"]
+    args = ["--eval-only", "--config-file", os.path.join(out, "config.yaml")]
+    weights = ["MODEL.WEIGHTS", os.path.join(out, "model_final.pth")]
+    proc = run_tool("train_net.py", *args, "--dataset", f"mine_val={sparse_run['val']}", *weights,
+                    "MODEL.DEVICE", "cuda", "OUTPUT_DIR", str(tmp_path / "eval"))
+    assert "MODEL.DEVICE is 'cuda' but CUDA is not available here: running on CPU" in proc.stderr
+    again = json.load(open(tmp_path / "eval" / "eval_results.json"))["mine_val"]["bbox"]
+    trained = json.load(open(os.path.join(out, "eval_results.json")))["mine_val"]["bbox"]
+    assert again == trained
+
+    # The original five shape classes: another category set, refused before evaluating.
+    other = generate_shapes(str(tmp_path / "other"), "val", 3, seed=5)
+    proc = run_tool("train_net.py", *args, "--dataset", f"other_val={other}:{tmp_path}/other/val",
+                    *weights, "DATASETS.TEST", "('other_val',)", "OUTPUT_DIR", str(tmp_path / "o"),
+                    check=False)
+    _refused(proc, r"test set other_val has categories \[1:circle, 2:rectangle.*but the model "
+                   r"predicts those of MODEL.CLASS_NAMES .*\[3:round, 7:box, 11:pointy\]")
+
+
+def test_dataset_registration_sets_class_metadata_at_once(tmp_path):
+    spec = _sparse_split(tmp_path, "reg", 7)
+    prepare_datasets([f"reg_now={spec}"], (), str(tmp_path / "cache"))
+    meta = MetadataCatalog.get("reg_now")
+    assert meta.thing_classes == SPARSE["names"]
+    assert meta.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1, 11: 2}
+    assert len(DatasetCatalog.get("reg_now")) == 6  # Detectron2's loader agrees with it
+
+
+@pytest.fixture(scope="module")
+def fifteen_class_weights(tmp_path_factory):
+    cfg = load_config(AW_CONFIG, ["MODEL.ROI_HEADS.NUM_CLASSES", "15"])
+    path = str(tmp_path_factory.mktemp("w15") / "model_15.pth")
+    torch.save({"model": build_model(cfg).state_dict()}, path)
+    return path
+
+
+def test_weights_that_do_not_fit_are_refused_for_inference(fifteen_class_weights, tiny_shapes,
+                                                            tmp_path):
+    images = tiny_shapes["splits"]["val"][1]
+    weights = ["MODEL.WEIGHTS", fifteen_class_weights]
+    message = r"the checkpoint has 15 classes, the config 5: use the config.yaml of the run"
+    for tool, args in (
+        ("demo.py", ["--config-file", AW_CONFIG, "--input", images, "--output", str(tmp_path / "d")]),
+        ("inspect_attention.py", ["--config-file", AW_CONFIG, "--input", images, "--output",
+                                  str(tmp_path / "i")]),
+        ("train_net.py", ["--eval-only", "--config-file", AW_CONFIG, *tiny_shapes["args"],
+                          *TINY_OPTS, "OUTPUT_DIR", str(tmp_path / "e")]),
+    ):
+        _refused(run_tool(tool, *args, *weights, check=False), message)
+
+
+def test_training_from_weights_of_other_classes_says_so_in_one_line(fifteen_class_weights,
+                                                                     tiny_shapes, tmp_path):
+    proc = run_tool("train_net.py", "--config-file", AW_CONFIG, *tiny_shapes["args"], *TINY_OPTS,
+                    "MODEL.WEIGHTS", fifteen_class_weights, "SOLVER.MAX_ITER", "1",
+                    "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path / "ft"))
+    log = proc.stdout + proc.stderr
+    assert re.search(r"4 checkpoint tensors do not fit the model and keep their initialisation "
+                     r"\(fine-tuning from 15 to 5 classes\): roi_heads.box_predictor", log)
+    assert "Skip loading parameter" not in log  # not one warning per tensor
+
+
+def test_resume_with_state_that_does_not_fit_names_the_cause(sparse_run, tmp_path):
+    out = str(tmp_path / "resume")
+    shutil.copytree(sparse_run["dir"], out, ignore=shutil.ignore_patterns("datasets"))
+    args = ["--resume", "--dataset", f"mine_val={sparse_run['val']}", *TINY_OPTS,
+            "DATASETS.TRAIN", "('mine_val',)", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "5",
+            "OUTPUT_DIR", out]
+    # A baseline config cannot continue an AW run: its attention would be dropped.
+    proc = run_tool("train_net.py", "--config-file", DEMO_CONFIG, *args, check=False)
+    _refused(proc, r"tensors the model lacks: backbone.bottom_up.res3.0.conv1.generator.*"
+                   r"checkpoint has attention the config does not enable")
+    # The same model, but frozen stem: the optimizer state no longer fits its parameters.
+    proc = run_tool("train_net.py", "--config-file", AW_CONFIG, *args,
+                    "MODEL.BACKBONE.FREEZE_AT", "1", check=False)
+    _refused(proc, r"model_final.pth: its optimizer/scheduler state does not fit this run .*"
+                   r"start a new run from its weights with MODEL.WEIGHTS")
 
 
 def test_cli_reports_input_errors_without_traceback(tiny_shapes, tmp_path):
@@ -161,85 +186,67 @@ def test_cli_reports_input_errors_without_traceback(tiny_shapes, tmp_path):
           "DATASETS.TRAIN", "('tiny_train',)"], "NUM_CLASSES=3 but training set tiny_train has 5"),
     ]
     for args, message in cases:
-        proc = run_tool("train_net.py", *args, *out, check=False)
-        assert proc.returncode == 2, (args, proc.stderr[-2000:])
-        assert re.search(message, proc.stderr), (message, proc.stderr[-2000:])
-        _no_traceback(proc)
+        _refused(run_tool("train_net.py", *args, *out, check=False), message)
 
 
 def test_corrupt_or_foreign_weights(tiny_shapes, tmp_path):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x80\x04 not a checkpoint")
-    proc = run_tool("train_net.py", "--eval-only", "--config-file", DEMO_CONFIG, *tiny_shapes["args"],
-                    *TINY_OPTS, "MODEL.WEIGHTS", str(corrupt), "OUTPUT_DIR", str(tmp_path / "o"),
-                    check=False)
-    assert proc.returncode == 2 and "is not a readable Detectron2 checkpoint" in proc.stderr
-    _no_traceback(proc)
-    import torch
-
     torch.save({"model": {"some.other.layer": torch.zeros(3)}}, tmp_path / "foreign.pth")
-    proc = run_tool("train_net.py", "--eval-only", "--config-file", DEMO_CONFIG, *tiny_shapes["args"],
-                    *TINY_OPTS, "MODEL.WEIGHTS", str(tmp_path / "foreign.pth"),
-                    "OUTPUT_DIR", str(tmp_path / "o2"), check=False)
-    assert proc.returncode == 2 and "match none of the model's parameters" in proc.stderr
-    _no_traceback(proc)
+    for weights, message in ((corrupt, "corrupt.pth is not a readable Detectron2 checkpoint"),
+                             (tmp_path / "foreign.pth", "match none of the model's parameters")):
+        proc = run_tool("train_net.py", "--eval-only", "--config-file", DEMO_CONFIG,
+                        *tiny_shapes["args"], *TINY_OPTS, "MODEL.WEIGHTS", str(weights),
+                        "OUTPUT_DIR", str(tmp_path / "o"), check=False)
+        _refused(proc, message)
 
 
-def test_finetune_on_own_data_with_sparse_category_ids(tmp_path):
-    root = tmp_path / "mine"
-    for split, seed in (("train", 21), ("val", 22)):
-        json_file = generate_shapes(str(root), split, 6, seed)
-        data = json.load(open(json_file))
-        remap = {1: 3, 2: 7, 3: 11, 4: 11, 5: 3}  # three classes, ids not contiguous
-        data["categories"] = [{"id": 3, "name": "round"}, {"id": 7, "name": "box"},
-                              {"id": 11, "name": "pointy"}]
-        for ann in data["annotations"]:
-            ann["category_id"] = remap[ann["category_id"]]
-        _write(json_file, data)
-    out = str(tmp_path / "run")
-    proc = run_tool("train_net.py", "--config-file", DEMO_CONFIG,
-                    "--dataset", f"mine_train={root}/train.json:{root}/train",
-                    "--dataset", f"mine_val={root}/val.json:{root}/val",
-                    *TINY_OPTS, "DATASETS.TRAIN", "('mine_train',)", "DATASETS.TEST", "('mine_val',)",
-                    "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", out)
-    log = proc.stdout + proc.stderr
-    assert "MODEL.ROI_HEADS.NUM_CLASSES: 5 -> 3" in log
-    assert "dataset mine_train: 6 images" in log
-    results = json.load(open(os.path.join(out, "eval_results.json")))["mine_val"]["bbox"]
-    assert {"AP-round", "AP-box", "AP-pointy"} <= set(results)
+def _final_lr(output_dir):
+    lines = [json.loads(line) for line in open(os.path.join(output_dir, "metrics.json"))]
+    return [line for line in lines if "lr" in line][-1]
 
 
-def _last_lr(output_dir):
-    lines = [json.loads(l) for l in open(os.path.join(output_dir, "metrics.json"))]
-    return [l for l in lines if "lr" in l][-1]
-
-
-def test_resume_after_sigkill_continues_the_schedule(tiny_shapes, tmp_path):
-    opts = [*tiny_shapes["args"], *TINY_OPTS, "SOLVER.MAX_ITER", "14", "SOLVER.STEPS", "(7,)",
-            "SOLVER.CHECKPOINT_PERIOD", "3", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
+def test_resume_after_sigkill_continues_weights_optimizer_and_schedule(tmp_path):
+    # Two images, no flip, every anchor and proposal sampled: training is deterministic up to
+    # float summation order, so a resumed run must end where an uninterrupted one does.
+    json_file = generate_shapes(str(tmp_path), "two", 2, seed=4)
+    opts = ["--dataset", f"two={json_file}:{tmp_path}/two", *TINY_OPTS,
+            "DATASETS.TRAIN", "('two',)", "DATASETS.TEST", "()", "INPUT.RANDOM_FLIP", "none",
+            "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "100000", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "1000",
+            # The LR step at 10 lies after the kill (about 6): a scheduler restarted from 0 at
+            # the resume would still be before its step at the end.
+            "SOLVER.MAX_ITER", "14", "SOLVER.STEPS", "(10,)", "SOLVER.CHECKPOINT_PERIOD", "3"]
     killed = str(tmp_path / "killed")
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", DEMO_CONFIG,
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", AW_CONFIG,
            *opts, "OUTPUT_DIR", killed]
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = os.path.join(killed, "model_0000005.pth")
     deadline = time.time() + 300
     while not os.path.exists(checkpoint) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.2)  # mid-way to the next checkpoint, far from the end (14 iterations)
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not os.path.exists(os.path.join(killed, "model_final.pth")), "killed too late"
     last = open(os.path.join(killed, "last_checkpoint")).read().strip()
     start = int(last[len("model_"):-len(".pth")]) + 1
 
-    resumed = run_tool("train_net.py", "--resume", "--config-file", DEMO_CONFIG, *opts, "OUTPUT_DIR", killed)
+    resumed = run_tool("train_net.py", "--resume", "--config-file", AW_CONFIG, *opts, "OUTPUT_DIR", killed)
     assert f"Starting training from iteration {start}" in resumed.stdout + resumed.stderr
     straight = str(tmp_path / "straight")
-    run_tool("train_net.py", "--config-file", DEMO_CONFIG, *opts, "OUTPUT_DIR", straight)
-    a, b = _last_lr(killed), _last_lr(straight)
+    run_tool("train_net.py", "--config-file", AW_CONFIG, *opts, "OUTPUT_DIR", straight)
+    a, b = _final_lr(killed), _final_lr(straight)
     assert a["iteration"] == b["iteration"] == 13
-    assert a["lr"] == pytest.approx(b["lr"]) and a["lr"] < 0.5 * 0.005  # after the step at 7
+    assert a["lr"] == pytest.approx(b["lr"]) and a["lr"] < 0.5 * 0.001  # after the step at 10
+    ours = torch.load(os.path.join(killed, "model_final.pth"), weights_only=False)["model"]
+    ref = torch.load(os.path.join(straight, "model_final.pth"), weights_only=False)["model"]
+    initial = torch.load(os.path.join(straight, last), weights_only=False)["model"]
+    # How far apart the runs end, relative to how far the uninterrupted one moved after the
+    # checkpoint: ~1e-4 from summation order; resuming with the Adam moments reset gave 1.6,
+    # with the scheduler restarted 0.58 (measured).
+    apart = sum(((ours[k] - ref[k]) ** 2).sum() for k in ref) ** 0.5
+    moved = sum(((ref[k] - initial[k]) ** 2).sum() for k in ref) ** 0.5
+    assert apart / moved < 0.05
 
 
 def test_diverging_loss_stops_with_hint_and_keeps_checkpoint(tiny_shapes, tmp_path):

@@ -19,9 +19,29 @@ from ..data import RobustDatasetMapper
 from ..errors import ConfigError
 from ..evaluation import write_eval_results
 
-__all__ = ["Trainer", "InferenceTimer"]
+__all__ = ["Trainer", "InferenceTimer", "CPUAutocastTrainer"]
 
 logger = logging.getLogger("aw_detection")
+
+
+class CPUAutocastTrainer(SimpleTrainer):
+    """SOLVER.AMP.ENABLED without CUDA: Detectron2's AMPTrainer is CUDA-only (fp16 with a grad
+    scaler); on CPU the forward runs under bfloat16 autocast, whose float32 exponent range needs
+    no grad scaler. AWConv2d keeps its attention in float32 either way."""
+
+    def run_step(self):
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_dict = self.model(data)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
 
 
 class Trainer(DefaultTrainer):
@@ -42,15 +62,23 @@ class Trainer(DefaultTrainer):
         on_cuda = next(model.parameters()).device.type == "cuda"
         model = create_ddp_model(model, broadcast_buffers=False,
                                  device_ids=[comm.get_local_rank()] if on_cuda else None)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        if cfg.SOLVER.AMP.ENABLED and not on_cuda:
+            logger.info("SOLVER.AMP.ENABLED on CPU: bfloat16 autocast (Detectron2's AMPTrainer "
+                        "needs CUDA)")
+        trainer_class = (SimpleTrainer if not cfg.SOLVER.AMP.ENABLED
+                         else AMPTrainer if on_cuda else CPUAutocastTrainer)
+        self._trainer = trainer_class(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AWCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        # Continuing a run restores it exactly: there, weights that do not fit are an error.
+        self.checkpointer.strict = resume and self.checkpointer.has_checkpoint()
+        super().resume_or_load(resume)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -77,7 +105,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        # One folder per test set: COCOEvaluator's files would overwrite each other.
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
     @classmethod
