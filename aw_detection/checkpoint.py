@@ -113,18 +113,23 @@ class AWCheckpointer(DetectionCheckpointer):
                              "(their first C_out - d_v filters)")
 
     def _class_counts(self, incorrect_shapes):
-        """(checkpoint classes, model classes) read off the classification layer, or None."""
+        """(checkpoint classes, model classes) read off the classification layer when they
+        differ, else None."""
         for key, ckpt_shape, model_shape in incorrect_shapes:
             if key.endswith("box_predictor.cls_score.weight"):  # K + 1 rows (background)
-                return ckpt_shape[0] - 1, model_shape[0] - 1
-            if key.endswith("cls_score.weight") and hasattr(self.model, "num_classes"):
+                counts = ckpt_shape[0] - 1, model_shape[0] - 1
+            elif key.endswith("cls_score.weight") and hasattr(self.model, "num_classes"):
                 per_class = model_shape[0] // self.model.num_classes  # RetinaNet: A * K rows
-                return ckpt_shape[0] // per_class, self.model.num_classes
+                counts = ckpt_shape[0] // per_class, self.model.num_classes
+            else:
+                continue
+            return counts if counts[0] != counts[1] else None
         return None
 
     def _refuse_misfits(self, incompatible):
-        missing = [k for k in incompatible.missing_keys
-                   if not is_attention_param(k) and not k.endswith("num_batches_tracked")]
+        misshapen = {k for k, _, _ in incompatible.incorrect_shapes}
+        missing = [k for k in incompatible.missing_keys if k not in misshapen
+                   and not is_attention_param(k) and not k.endswith("num_batches_tracked")]
         problems = []
         if incompatible.incorrect_shapes:
             problems.append("tensors of other shapes: " + _few(
@@ -166,7 +171,9 @@ class AWCheckpointer(DetectionCheckpointer):
                 f"{len(incompatible.incorrect_shapes)} checkpoint tensors do not fit the model and "
                 f"keep their initialisation{why}: "
                 + _few(k for k, _, _ in incompatible.incorrect_shapes))
-        rest = [k for k in incompatible.missing_keys if not is_attention_param(k)]
+        misshapen = {k for k, _, _ in incompatible.incorrect_shapes}  # reported above
+        rest = [k for k in incompatible.missing_keys
+                if not is_attention_param(k) and k not in misshapen]
         super()._log_incompatible_keys(_IncompatibleKeys(
             missing_keys=rest, unexpected_keys=incompatible.unexpected_keys, incorrect_shapes=[],
         ))

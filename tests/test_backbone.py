@@ -12,6 +12,7 @@ from detectron2.modeling import build_backbone, build_model
 from aw_detection import add_aw_config
 from aw_detection.checkpoint import AWCheckpointer
 from aw_detection.config import load_config
+from aw_detection.errors import ConfigError
 from aw_detection.layers import CBAM, AAConv2d, AWConv2d, SqueezeExcitation
 from aw_detection.modeling.backbone import AttentionBasicBlock, AttentionBottleneckBlock
 
@@ -35,6 +36,22 @@ def make_cfg(depth=50, aw=False, act="", attention_groups=0, **extra):
     return cfg
 
 
+def randomise(module, seed=0):
+    """Random weights that keep activations in range: He-scaled convs, norms near identity."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if t.dim() > 1:
+                t.copy_(torch.randn(t.shape, generator=gen) * (2 / t[0].numel()) ** 0.5)
+            elif name.endswith(("weight", "running_var")):
+                t.copy_(torch.rand(t.shape, generator=gen) * 0.5 + 0.75)
+            else:
+                t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
+    return module
+
+
 def backbone(cfg):
     return build_backbone(cfg, ShapeSpec(channels=3))
 
@@ -43,12 +60,53 @@ def shapes(module):
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-@pytest.mark.parametrize("depth", [18, 50])
-def test_attention_off_is_detectron2_resnet_fpn(depth):
-    ours = backbone(make_cfg(depth))
-    cfg = make_cfg(depth)
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    assert shapes(ours) == shapes(backbone(cfg))
+@pytest.mark.parametrize("depth,fpn,options", [
+    (18, True, {}), (50, True, {}), (50, True, {"MODEL.RESNETS.STRIDE_IN_1X1": False}),
+    # FPN needs log2-contiguous strides, so a dilated res5 is a plain-ResNet (C4/DC5) setting.
+    (50, False, {"MODEL.RESNETS.RES5_DILATION": 2, "MODEL.RESNETS.NORM": "GN"}),
+])
+def test_attention_off_is_detectron2_builder_output_for_output(depth, fpn, options):
+    cfg = make_cfg(depth, **options)
+    name = "resnet_fpn" if fpn else "resnet"
+    cfg.MODEL.BACKBONE.NAME = f"build_aw_{name}_backbone"
+    ours = backbone(cfg).eval()
+    cfg.MODEL.BACKBONE.NAME = f"build_{name}_backbone"
+    theirs = backbone(cfg).eval()
+    assert shapes(ours) == shapes(theirs)
+    randomise(theirs)  # FrozenBN statistics included
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        expected, got = theirs(x), ours(x)
+    assert list(got) == list(expected)
+    for k in expected:
+        assert expected[k].isfinite().all() and expected[k].std() > 1e-3
+        assert torch.equal(got[k], expected[k]), k
+
+
+CONFIG_ERRORS = [
+    ({"MODEL.AW.ENABLED": True, "MODEL.AW.STAGES": ["res6"]}, "MODEL.AW.STAGES: unknown stage 'res6'"),
+    ({"MODEL.AA.ENABLED": True, "MODEL.AA.STAGES": ["res2"]}, "MODEL.AA.STAGES has res2, but MODEL.BACKBONE.FREEZE_AT=2 freezes it"),
+    ({"MODEL.ACT_ATTENTION.TYPE": "ECA"}, 'TYPE must be "", "SE" or "CBAM", got "ECA"'),
+    ({"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 256}, "R18/R34 need RESNETS.RES2_OUT_CHANNELS=64"),
+    ({"MODEL.RESNETS.RES5_DILATION": 3}, "RES5_DILATION must be 1 or 2, got 3"),
+    ({"MODEL.AW.ENABLED": True, "MODEL.RESNETS.DEFORM_ON_PER_STAGE": [False, False, True, False]},
+     "res4: deformable conv and attention cannot share a stage"),
+    ({"MODEL.AW.ENABLED": True, "MODEL.AW.ATTENTION_GROUPS": 3}, "res3: AWConv2d: attention_groups must divide out_channels=128.*check MODEL.AW"),
+    ({"MODEL.AA.ENABLED": True, "MODEL.RESNETS.NUM_GROUPS": 32, "MODEL.RESNETS.WIDTH_PER_GROUP": 8},
+     r"MODEL.AA: grouped 3x3 convs \(RESNETS.NUM_GROUPS > 1\) are not supported"),
+    ({"MODEL.AA.ENABLED": True, "MODEL.AA.NU": 1.0}, "res5: AAConv2d: value_channels=512 must be < out_channels=512"),
+]
+
+
+@pytest.mark.parametrize("options,message", CONFIG_ERRORS, ids=[m[:30] for _, m in CONFIG_ERRORS])
+def test_config_mistakes_are_config_errors(options, message):
+    depth = options.get("MODEL.RESNETS.DEPTH", 50)
+    cfg = make_cfg(depth, **{k: v for k, v in options.items() if k != "MODEL.RESNETS.DEPTH"})
+    if depth == 18:
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = options["MODEL.RESNETS.RES2_OUT_CHANNELS"]
+    with pytest.raises(ConfigError, match=message):
+        backbone(cfg)
 
 
 @pytest.mark.parametrize("depth,aw,act", [(50, True, ""), (50, True, "SE"), (18, True, "CBAM"),
