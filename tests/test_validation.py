@@ -118,6 +118,21 @@ def test_missing_area_and_iscrowd_are_filled_from_the_clipped_box(coco, caplog):
     assert "area" not in json.load(open(json_file))["annotations"][0]  # the user's file is untouched
 
 
+def test_missing_image_size_is_read_from_the_file_and_duplicate_names_refused(coco, caplog):
+    json_file, image_dir, data = coco
+    expected = [(im["height"], im["width"]) for im in data["images"]]
+    for im in data["images"][:2]:
+        del im["height"], im["width"]
+    _write(json_file, data)
+    summary = validate_coco(json_file, image_dir, "mine")
+    assert [(im["height"], im["width"]) for im in summary["data"]["images"]] == expected
+    assert "2 images lack height/width; filled in from the files" in caplog.text
+    data["categories"][3]["name"] = data["categories"][1]["name"]
+    _write(json_file, data)
+    with pytest.raises(UserError, match="mine.json: categories 2, 4 are all named 'rectangle'"):
+        validate_coco(json_file, image_dir, "mine")
+
+
 def test_mask_models_need_segmentation(coco):
     json_file, image_dir, _ = coco
     with pytest.raises(UserError, match="annotation id=1 has no segmentation, which a mask model"):

@@ -1,15 +1,17 @@
 """Validation of a COCO-format instances dataset before training or evaluation.
 
 Refused, with one message naming the file, the id/field and what to do: unreadable or malformed
-JSON, missing top-level keys or fields, duplicate ids, annotations pointing to unknown images or
-categories, box values that are not finite numbers, missing or unreadable image files, images
-whose ``height``/``width`` disagree with the file (as displayed, after EXIF rotation), a training
-set without annotations, and (for mask models) annotations without ``segmentation``.
+JSON, missing top-level keys or fields, duplicate ids, two categories with one name, annotations
+pointing to unknown images or categories, box values that are not finite numbers, missing or
+unreadable image files, images whose ``height``/``width`` disagree with the file (as displayed,
+after EXIF rotation), a training set without annotations, and (for mask models) annotations
+without ``segmentation``.
 
 Fixed, the same way for training and evaluation, with one warning per kind: a box sticking out
 of its image is clipped to it (as Detectron2's mapper would); a box with non-positive
 width/height, or none of it inside the image, is dropped; what COCO leaves implicit but COCOeval
-needs is filled in (``iscrowd`` 0, ``area`` from the segmentation or else the clipped box).
+needs is filled in (``iscrowd`` 0, ``area`` from the segmentation or else the clipped box;
+an image's missing ``height``/``width`` from its file).
 """
 import json
 import logging
@@ -53,7 +55,7 @@ def _read_json(json_file, image_root, name):
     if not os.path.isdir(image_root):
         raise UserError(f"{name}: image folder {image_root} does not exist")
     try:
-        with open(json_file) as f:
+        with open(json_file, encoding="utf-8-sig") as f:  # tolerate a byte-order mark
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise UserError(f"{json_file}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})")
@@ -87,6 +89,18 @@ def _check_entries(items, fields, where):
     return seen
 
 
+def _check_category_names(categories, json_file):
+    """Class names name results (AP-<name>, drawn labels): two ids with one name are ambiguous."""
+    ids_by_name = {}
+    for c in categories:
+        ids_by_name.setdefault(c["name"], []).append(c["id"])
+    shared = {n: ids for n, ids in ids_by_name.items() if len(ids) > 1}
+    if shared:
+        name, ids = next(iter(shared.items()))
+        raise UserError(f"{json_file}: categories {_few(ids)} are all named {name!r}; give each "
+                        "category its own name (or merge them into one id)")
+
+
 def _displayed_size(path):
     """(width, height) of an image file as displayed, i.e. after its EXIF rotation (header only)."""
     with Image.open(path) as img:
@@ -97,13 +111,14 @@ def _displayed_size(path):
 
 
 def _check_images(data, image_root, json_file, name):
-    """Files exist, are images, and have the size the JSON gives."""
-    missing, unreadable, mismatched = [], [], []
+    """Files exist, are images, and have the size the JSON gives (filled in where it gives
+    none); returns the ids of the images whose size was filled in."""
+    missing, unreadable, mismatched, filled = [], [], [], []
     for im in data["images"]:
-        if not (_is_number(im["height"]) and _is_number(im["width"])
-                and im["height"] > 0 and im["width"] > 0):
+        given = [im[k] for k in ("height", "width") if k in im]
+        if not all(_is_number(v) and v > 0 for v in given):
             raise UserError(f"{json_file}: image id={im['id']} height/width must be positive "
-                            f"numbers, got {im['height']!r}/{im['width']!r}")
+                            f"numbers, got {im.get('height')!r}/{im.get('width')!r}")
         path = os.path.join(image_root, str(im["file_name"]))
         if not os.path.isfile(path):
             missing.append(im["file_name"])
@@ -113,7 +128,10 @@ def _check_images(data, image_root, json_file, name):
         except Exception:  # PIL raises many kinds for non-images
             unreadable.append(im["file_name"])
             continue
-        if size != (im["width"], im["height"]):
+        if len(given) < 2:
+            im["width"], im["height"] = size
+            filled.append(im["id"])
+        elif size != (im["width"], im["height"]):
             mismatched.append(f"{im['file_name']} (JSON {im['width']}x{im['height']}, file "
                               f"{size[0]}x{size[1]})")
     if missing:
@@ -128,6 +146,7 @@ def _check_images(data, image_root, json_file, name):
             f"file's, as displayed after EXIF rotation: {_few(mismatched)}. Boxes would be "
             "placed on the wrong extent: re-export the annotations for these files (an "
             "annotation tool that ignored EXIF orientation is a common cause)")
+    return filled
 
 
 def _area(ann, box):
@@ -198,10 +217,14 @@ def validate_coco(json_file, image_root, name, training=False, need_masks=False)
     (possibly fixed) data. Raises UserError on anything that cannot be fixed safely."""
     data = _read_json(json_file, image_root, name)
     where = lambda key: f"{json_file}: {key}"  # noqa: E731
-    image_ids = _check_entries(data["images"], ("id", "file_name", "height", "width"), where("images"))
+    image_ids = _check_entries(data["images"], ("id", "file_name"), where("images"))
     category_ids = _check_entries(data["categories"], ("id", "name"), where("categories"))
+    _check_category_names(data["categories"], json_file)
     _check_entries(data["annotations"], ("id", "image_id", "category_id", "bbox"), where("annotations"))
-    _check_images(data, image_root, json_file, name)
+    sized = _check_images(data, image_root, json_file, name)
+    if sized:
+        logger.warning(f"{json_file}: {len(sized)} images lack height/width; filled in from the "
+                       f"files as displayed (image ids {_few(sized)})")
     kept, fixes = _fix_annotations(data, json_file, image_ids, category_ids, need_masks)
     for kind, ids in fixes.items():
         if ids:
@@ -215,7 +238,7 @@ def validate_coco(json_file, image_root, name, training=False, need_masks=False)
         name=name, json_file=json_file, image_root=image_root, images=len(data["images"]),
         boxes=len(kept), categories=[c["name"] for c in categories],
         category_ids=[c["id"] for c in categories], data=dict(data, annotations=kept),
-        fixed=len(set().union(*fixes.values())),
+        fixed=len(set().union(*fixes.values())) + len(sized),
     )
     with_boxes = {a["image_id"] for a in kept}
     logger.info(summary.line() + f"; {len(image_ids) - len(with_boxes)} images without boxes")
