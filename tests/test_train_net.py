@@ -5,11 +5,19 @@ import os
 import subprocess
 import sys
 
-import torch
+from types import SimpleNamespace
 
-from aw_detection.config import load_run_config
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_backbone
+from detectron2.utils.events import EventStorage
+
+from aw_detection.config import load_config, load_run_config
+from aw_detection.engine.hooks import AttentionStats
 from aw_detection.evaluation import read_eval_results
 from aw_detection.inference import build_inference_model
+from aw_detection.layers import AWConv2d
 
 from .conftest import ROOT, TINY_OPTS, run_tool
 
@@ -35,6 +43,8 @@ def test_train_evaluate_reload_gives_the_same_weights_and_predictions(tiny_shape
     assert set(saved) == set(state)
     assert all(torch.equal(saved[k], state[k]) for k in saved)
     assert any(".generator.expand." in k and saved[k].abs().sum() > 0 for k in saved)  # trained
+    logged = [m for m in metrics if "aw/res3/abs_A" in m][-1]  # the last iteration is logged
+    assert logged["iteration"] == 2 and logged["aw/res5/abs_A"] > 0 and logged["aw/res5/abs_input"] > 0
 
     # Evaluation from the reloaded weights predicts exactly what the trained model predicted,
     # on several test sets at once.
@@ -105,3 +115,30 @@ def test_amp_with_aw_on_cpu_trains_in_bfloat16(tiny_shapes, tmp_path):
     metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
     assert all(math.isfinite(m["total_loss"]) for m in metrics if "total_loss" in m)
     assert os.path.exists(os.path.join(out, "model_final.pth"))
+
+
+def test_attention_stats_hook_logs_mean_abs_attention_per_stage():
+    backbone = build_backbone(load_config(AW_CONFIG), ShapeSpec(channels=3))
+    inputs = {}
+    for name, layer in backbone.named_modules():
+        if isinstance(layer, AWConv2d):
+            stage = name.split(".")[1]
+            torch.nn.init.constant_(layer.generator.expand.bias, {"res3": 0.1, "res4": -0.2, "res5": 0.3}[stage])
+            layer.register_forward_pre_hook(
+                lambda m, args, stage=stage: inputs.setdefault(stage, []).append(args[0].abs().mean().item()))
+    hook = AttentionStats(backbone, period=5)
+    with EventStorage() as storage:
+        hook.trainer = SimpleNamespace(iter=3, max_iter=10, storage=storage)
+        hook.before_step()  # iteration 4 of 10: nothing to log
+        backbone(torch.randn(1, 3, 64, 64))
+        hook.after_step()
+        assert "aw/res3/abs_A" not in storage.latest()
+        inputs.clear()
+        hook.trainer.iter = 4
+        hook.before_step()
+        backbone(torch.randn(2, 3, 64, 64))
+        hook.after_step()
+        logged = {k: v for k, (v, _) in storage.latest().items()}
+    for stage, value in (("res3", 0.1), ("res4", 0.2), ("res5", 0.3)):
+        assert logged[f"aw/{stage}/abs_A"] == pytest.approx(value)
+        assert logged[f"aw/{stage}/abs_input"] == pytest.approx(sum(inputs[stage]) / len(inputs[stage]))

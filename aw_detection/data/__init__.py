@@ -22,8 +22,16 @@ def _load_shapes(split):
                           f"shapes_{split}")
 
 
+TRAIN_EVAL_IMAGES = 100
+
+
+def _load_shapes_train_eval():
+    return _load_shapes("train")[:TRAIN_EVAL_IMAGES]
+
+
 def register_shapes():
-    """Register shapes_<split> for every split (generated on first use)."""
+    """Register shapes_<split> for every split (generated on first use), and shapes_train_eval:
+    the first 100 training images, to measure how well a model fits its training data."""
     root = shapes_root()
     for split in SPLITS:
         name = f"shapes_{split}"
@@ -35,6 +43,12 @@ def register_shapes():
             thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPES_CLASSES))},
             json_file=os.path.join(root, f"{split}.json"), image_root=os.path.join(root, split),
         )
+    if "shapes_train_eval" not in DatasetCatalog.list():
+        # No json_file: COCOEvaluator writes the ground truth of these images itself.
+        DatasetCatalog.register("shapes_train_eval", _load_shapes_train_eval)
+        MetadataCatalog.get("shapes_train_eval").set(
+            thing_classes=list(SHAPES_CLASSES), evaluator_type="coco",
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPES_CLASSES))})
 
 
 register_shapes()

@@ -8,6 +8,7 @@ import weakref
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine.hooks import PeriodicWriter
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -18,6 +19,7 @@ from ..cli import DropDivergedTraceback
 from ..data import RobustDatasetMapper
 from ..errors import ConfigError
 from ..evaluation import write_eval_results
+from .hooks import AttentionStats
 
 __all__ = ["Trainer", "InferenceTimer", "CPUAutocastTrainer"]
 
@@ -74,6 +76,13 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        # Before the writer, so that the scalars go out in the same iteration's record.
+        writers = [i for i, h in enumerate(hooks) if isinstance(h, PeriodicWriter)]
+        hooks.insert(writers[0] if writers else len(hooks), AttentionStats(self.model))
+        return hooks
 
     def resume_or_load(self, resume=True):
         # Continuing a run restores it exactly: there, weights that do not fit are an error.
