@@ -10,7 +10,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from .checkpoint import AWCheckpointer
-from .data import num_classes_key, read_image
+from .data import num_classes, read_image
 from .errors import UserError
 
 __all__ = ["Predictor", "build_inference_model", "class_metadata", "list_images",
@@ -55,8 +55,7 @@ def class_metadata(cfg):
         names = list(meta.get("thing_classes", []))
         id_map = meta.get("thing_dataset_id_to_contiguous_id")
         ids = sorted(id_map, key=id_map.get) if id_map else []
-    key = num_classes_key(cfg)
-    num = (cfg.MODEL.RETINANET if "RETINANET" in key else cfg.MODEL.ROI_HEADS).NUM_CLASSES
+    key, num = num_classes(cfg)
     if len(names) != num:
         raise UserError(f"the config names {len(names)} classes but its model predicts {num} "
                         f"({key}); use the config.yaml of the run that trained the weights")

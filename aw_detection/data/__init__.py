@@ -8,7 +8,7 @@ from .custom import (
     apply_dataset_classes,
     check_registered,
     dataset_classes,
-    num_classes_key,
+    num_classes,
     parse_dataset_arg,
     prepare_datasets,
 )

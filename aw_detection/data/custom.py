@@ -12,7 +12,7 @@ from ..errors import UserError
 from .validation import validate_coco
 
 __all__ = ["parse_dataset_arg", "prepare_datasets", "check_registered", "dataset_classes",
-           "num_classes_key", "apply_dataset_classes"]
+           "num_classes", "apply_dataset_classes"]
 
 logger = logging.getLogger("aw_detection")
 
@@ -89,9 +89,11 @@ def _describe(names, ids):
     return "[" + ", ".join(pairs[:12]) + (", ..." if len(pairs) > 12 else "") + "]"
 
 
-def num_classes_key(cfg):
-    return ("MODEL.RETINANET.NUM_CLASSES" if cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
-            else "MODEL.ROI_HEADS.NUM_CLASSES")
+def num_classes(cfg):
+    """(config key, value) of the number of classes the config's detector predicts."""
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
+    return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
 def _model_classes(cfg, training):
@@ -126,8 +128,7 @@ def apply_dataset_classes(cfg, training=True, explicit_num_classes=False):
     written for its own dataset, is replaced). Evaluation: the classes are the trained run's
     MODEL.CLASS_NAMES. Every test set must have the same classes in the same
     order, else its AP would be computed against the wrong classes."""
-    key = num_classes_key(cfg)
-    num = (cfg.MODEL.RETINANET if "RETINANET" in key else cfg.MODEL.ROI_HEADS).NUM_CLASSES
+    key, num = num_classes(cfg)
     model = _model_classes(cfg, training)
     if model is not None:
         source, names, ids = model

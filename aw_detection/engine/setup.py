@@ -7,7 +7,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import load_config
-from ..data import apply_dataset_classes, check_registered, num_classes_key, prepare_datasets
+from ..data import apply_dataset_classes, check_registered, num_classes, prepare_datasets
 from ..errors import UserError
 
 __all__ = ["setup"]
@@ -34,7 +34,7 @@ def setup(args):
     prepare_datasets(getattr(args, "dataset", []), cfg.DATASETS.TRAIN, cache, cfg.MODEL.MASK_ON)
     check_registered(cfg, training=not args.eval_only)
     apply_dataset_classes(cfg, training=not args.eval_only,
-                          explicit_num_classes=num_classes_key(cfg) in list(args.opts)[::2])
+                          explicit_num_classes=num_classes(cfg)[0] in list(args.opts)[::2])
     _check_weights(cfg, args.eval_only, args.resume)
     cfg.freeze()
     default_setup(cfg, args)
