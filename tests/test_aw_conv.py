@@ -1,11 +1,19 @@
-"""AWConv2d: fast paths against the per-sample reference, invariants, export, FLOPs."""
+"""AWConv2d: every formulation against the per-sample reference, invariants, tracing and
+export at other batch sizes, FLOPs."""
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, get_norm
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from aw_detection.layers import AWConv2d, aw_conv2d_reference, flop_count
+from aw_detection.layers.aw_conv import PATHS, _modulate, select_path
+
+
+def _paths(batch):
+    return [p for p in PATHS if p != "plain" or batch == 1]
 
 
 def _randomised(layer, std=0.3, seed=0):
@@ -29,14 +37,53 @@ CASES = [  # (in, out, kernel, stride, padding, dilation, groups, bias, attentio
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("batch", [1, 2, 3])
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_fast_paths_match_per_sample_reference(case, batch, dtype, atol):
+def test_every_path_matches_per_sample_reference(case, batch, dtype, atol):
     cin, cout, k, s, p, d, g, bias, ag = case
     torch.manual_seed(batch)
     layer = _randomised(AWConv2d(cin, cout, k, s, p, d, g, bias, attention_groups=ag,
                                  reduction=2)).to(dtype)
     x = torch.randn(batch, cin, 9, 11, dtype=dtype)
     assert layer.attention(x).abs().max() > 0.01
-    torch.testing.assert_close(layer(x), aw_conv2d_reference(layer, x), atol=atol, rtol=0)
+    expected = aw_conv2d_reference(layer, x)
+    with torch.no_grad():
+        for path in _paths(batch):
+            layer.path = path
+            torch.testing.assert_close(layer(x), expected, atol=atol, rtol=0, msg=path)
+
+
+@pytest.mark.parametrize("case", CASES[:3])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_every_path_backward_matches_reference(case, batch):
+    """The training formulation (custom modulation backward + each conv path) against autograd
+    through the per-sample reference, with input gradients as inside a network."""
+    cin, cout, k, s, p, d, g, bias, ag = case
+    torch.manual_seed(batch)
+    layer = _randomised(AWConv2d(cin, cout, k, s, p, d, g, bias, attention_groups=ag,
+                                 reduction=2)).double()
+    x = torch.randn(batch, cin, 9, 11, dtype=torch.float64, requires_grad=True)
+    out_grad = torch.randn_like(aw_conv2d_reference(layer, x))
+    params = [x, *layer.parameters()]
+    expected = torch.autograd.grad(aw_conv2d_reference(layer, x), params, out_grad)
+    for path in _paths(batch):
+        layer.path = path
+        got = torch.autograd.grad(layer(x), params, out_grad)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=path)
+
+
+def test_select_path_policy():
+    assert select_path(1, "cpu") == "plain" and select_path(1, "cuda") == "plain"
+    assert select_path(2, "cpu") == "per_sample" and select_path(4, "cuda") == "grouped"
+    layer = AWConv2d(4, 4, 3, padding=1)
+    assert layer.conv_path(torch.randn(1, 4, 5, 5)) == "plain"
+    assert layer.conv_path(torch.randn(3, 4, 5, 5)) == "per_sample"
+    layer.path = "grouped"
+    assert layer.conv_path(torch.randn(1, 4, 5, 5)) == "grouped"
+    layer.path = "plain"
+    with pytest.raises(ValueError, match="path='plain' needs a batch of 1, got 2"):
+        layer(torch.randn(2, 4, 5, 5))
+    with pytest.raises(ValueError, match="path must be None or one of"):
+        AWConv2d(4, 4, 3, path="loop")
 
 
 def test_attention_is_the_published_generator_shared_by_row():
@@ -69,15 +116,33 @@ def test_samples_are_independent():
     x = torch.randn(3, 6, 8, 8, dtype=torch.float64)
     y = x.clone()
     y[1:] = torch.randn(2, 6, 8, 8, dtype=torch.float64) * 5
-    torch.testing.assert_close(layer(x)[0], layer(y)[0], atol=1e-12, rtol=0)
-    torch.testing.assert_close(layer(x)[0], layer(x[:1])[0], atol=1e-12, rtol=0)
+    for path in _paths(3):
+        layer.path = path
+        torch.testing.assert_close(layer(x)[0], layer(y)[0], atol=1e-12, rtol=0, msg=path)
+        torch.testing.assert_close(layer(x)[0], layer(x[:1])[0], atol=1e-12, rtol=0, msg=path)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("path", ["plain", "per_sample", "any_batch"])  # grouped: see above
+def test_gradcheck(path):
     layer = _randomised(AWConv2d(4, 4, 3, padding=1, bias=True, attention_groups=2,
-                                 reduction=1)).double()
-    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+                                 reduction=1, path=path)).double()
+    x = torch.randn(1 if path == "plain" else 2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda inp, *params: layer(inp), (x, *layer.parameters()))
+
+
+@pytest.mark.parametrize("attention_groups", [0, 3])
+def test_modulation_backward_matches_autograd(attention_groups):
+    layer = _randomised(AWConv2d(6, 6, 3, groups=2, attention_groups=attention_groups)).double()
+    x = torch.randn(3, 6, 7, 7, dtype=torch.float64)
+    fused = layer.modulated_weight(x)
+    grad = torch.randn_like(fused)
+    params = list(layer.parameters())
+    got = torch.autograd.grad(fused, params, grad)
+    hidden = layer.generator.hidden(F.adaptive_avg_pool2d(x, 3))
+    plain = _modulate(layer.weight, layer.generator.rows(hidden), 3)
+    torch.testing.assert_close(fused, plain, atol=0, rtol=0)
+    for a, b in zip(got, torch.autograd.grad(plain, params, grad)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
 def test_norm_and_activation_like_detectron2_conv():
@@ -92,13 +157,43 @@ def test_norm_and_activation_like_detectron2_conv():
     torch.testing.assert_close(layer(x), aw_conv2d_reference(layer, x), atol=1e-5, rtol=0)
 
 
-def test_channels_last_input():
+class _LargeCopies(TorchDispatchMode):
+    """Records ops that write a new tensor as large as ``numel`` by copying (not computing)."""
+
+    COPIES = {"aten.copy_.default", "aten.clone.default", "aten._to_copy.default",
+              "aten.contiguous.default", "aten.cat.default"}
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.seen = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if str(func) in self.COPIES and isinstance(out, torch.Tensor) and out.numel() >= self.numel:
+            self.seen.append(str(func))
+        return out
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_channels_last_input(batch):
     layer = _randomised(AWConv2d(8, 8, 3, padding=1))
-    x = torch.randn(3, 8, 9, 9)
+    x = torch.randn(batch, 8, 9, 9)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    out = layer(x_cl)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=0)
+    for path in _paths(batch):
+        layer.path = path
+        out = layer(x_cl)
+        assert out.is_contiguous(memory_format=torch.channels_last), path
+        torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=0, msg=path)
+    layer.path = None
+    with torch.no_grad(), _LargeCopies(x.numel()) as copies:
+        layer(x_cl)
+    # The default path reads channels_last input in place; the output concatenation (N > 1)
+    # is the only full-size copy it makes.
+    assert copies.seen == ([] if batch == 1 else ["aten.cat.default"])
+    layer.path = "grouped"
+    with torch.no_grad(), _LargeCopies(x.numel()) as copies:
+        layer(x_cl)
+    assert "aten.clone.default" in copies.seen or "aten.copy_.default" in copies.seen
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -106,12 +201,16 @@ def test_bf16_autocast_on_cpu_keeps_attention_float32(batch):
     layer = _randomised(AWConv2d(16, 16, 3, padding=1), std=0.1)
     x = torch.randn(batch, 16, 12, 12)
     expected = layer(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layer.attention(x.bfloat16()).dtype == torch.float32
-        assert layer.modulated_weight(x.bfloat16()).dtype == torch.float32
-        out = layer(x)
-    assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)
+    for path in _paths(batch):
+        layer.path = path
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layer.attention(x.bfloat16()).dtype == torch.float32
+            assert layer.modulated_weight(x.bfloat16()).dtype == torch.float32
+            out = layer(x)
+            out.float().sum().backward()  # the training path under autocast
+        assert out.dtype == torch.bfloat16
+        assert layer.generator.expand.weight.grad.dtype == torch.float32
+        torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05, msg=path)
 
 
 def test_flop_count_is_conv_plus_generator():
@@ -124,12 +223,32 @@ def test_flop_count_is_conv_plus_generator():
     assert flop_count(layer, (torch.randn(n, cin, h, w),)) == n * (conv + generator + modulation)
 
 
-def test_trace_matches_eager_at_batch_1():
-    layer = _randomised(AWConv2d(8, 8, 3, padding=1, bias=True)).eval()
+def _trace(layer, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace is deprecated in torch 2.14
+        return torch.jit.trace(layer, x)
+
+
+@pytest.mark.parametrize("groups,bias", [(1, False), (2, True)])
+@pytest.mark.parametrize("traced_batch", [1, 3])
+def test_trace_is_correct_at_every_batch(groups, bias, traced_batch):
+    layer = _randomised(AWConv2d(8, 8, 3, padding=1, groups=groups, bias=bias)).eval()
+    traced = _trace(layer, torch.randn(traced_batch, 8, 10, 10))
+    for batch in (1, 2, 3):
+        x = torch.randn(batch, 8, 10 + batch, 9)  # other sizes too
+        torch.testing.assert_close(traced(x), aw_conv2d_reference(layer, x), atol=1e-5, rtol=0)
+
+
+def test_trace_of_fresh_layer_is_the_plain_convolution():
+    layer = AWConv2d(8, 8, 3, padding=1, bias=True).eval()
     x = torch.randn(1, 8, 10, 10)
-    traced = torch.jit.trace(layer, x)
-    other = torch.randn(1, 8, 10, 10)
-    torch.testing.assert_close(traced(other), layer(other))
+    assert torch.equal(_trace(layer, x)(x), F.conv2d(x, layer.weight, layer.bias, 1, 1))
+
+
+def test_trace_refuses_a_forced_batch_dependent_path():
+    layer = _randomised(AWConv2d(8, 8, 3, padding=1, path="plain"))
+    with pytest.raises(RuntimeError, match="path='plain' would freeze the batch size"):
+        _trace(layer, torch.randn(1, 8, 10, 10))
 
 
 def test_bad_arguments_and_inputs():
@@ -144,9 +263,22 @@ def test_bad_arguments_and_inputs():
         layer(torch.randn(8, 8, 8))
 
 
-def test_torch_export_matches_eager():
-    # torch.jit.script is deprecated in torch 2.14; torch.export is the supported route.
+def test_torch_export_with_dynamic_batch_is_correct_at_every_batch():
+    # torch.jit.script is deprecated in torch 2.14; torch.export is the supported route. An
+    # export example of batch 1 specialises the batch (torch's rule), so the example has 2.
     layer = _randomised(AWConv2d(8, 8, 3, padding=1)).eval()
-    program = torch.export.export(layer, (torch.randn(1, 8, 10, 10),))
+    batch = torch.export.Dim("batch", min=1, max=16)
+    program = torch.export.export(layer, (torch.randn(2, 8, 10, 10),),
+                                  dynamic_shapes=({0: batch},)).module()
+    for n in (1, 2, 3):
+        x = torch.randn(n, 8, 10, 10)
+        torch.testing.assert_close(program(x), aw_conv2d_reference(layer, x), atol=1e-5, rtol=0)
+
+
+def test_torch_export_with_static_batch_refuses_another():
+    layer = _randomised(AWConv2d(8, 8, 3, padding=1)).eval()
+    program = torch.export.export(layer, (torch.randn(1, 8, 10, 10),)).module()
     x = torch.randn(1, 8, 10, 10)
-    torch.testing.assert_close(program.module()(x), layer(x))
+    torch.testing.assert_close(program(x), layer(x))
+    with pytest.raises(Exception, match="size\\(\\)\\[0\\] == 1"):
+        program(torch.randn(3, 8, 10, 10))

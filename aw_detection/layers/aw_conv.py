@@ -4,24 +4,81 @@ Zhu, Hofstee, Lee, Al-Ars, "An Attention Module for Convolutional Neural Network
 ICANN 2021, arXiv 2108.08205.
 
 Each sample n gets an attention map A[n] with the shape of the kernel K, and the layer computes
-``conv2d(I[n], (1 + A[n]) * K)``. A batch runs as one grouped convolution with the batch folded
-into the groups (or a plain convolution when N = 1). The generator widths are our choice, see
-README "Design choices".
+``conv2d(I[n], (1 + A[n]) * K)``, the modulated kernel being formed as ``K + K * A[n]``. The
+generator widths are our choice, see README "Design choices".
+
+The per-sample convolution has several exact formulations (``PATHS``); ``select_path`` picks
+one per call and ``AWConv2d.path`` forces one (tests, benchmarks):
+
+- ``plain``: N = 1, one convolution with the sample's kernel;
+- ``per_sample``: one convolution per sample on views of the input, outputs concatenated;
+- ``grouped``: one convolution with the batch folded into the groups;
+- ``any_batch``: every sample's kernel applied to every sample, the diagonal kept. It never
+  names the batch size, so a ``torch.jit.trace`` (which freezes Python control flow and the
+  ``groups`` argument) or a ``torch.export`` with a dynamic batch stays correct at any N.
+  It costs one plain convolution at N = 1 and N times the FLOPs at N > 1.
+
+The modulated kernels K + K * A are formed by plain tensor ops in traces and exports, and
+under autograd by ``_Modulate``, the same ops with a backward written for memory traffic.
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
-__all__ = ["AWConv2d", "AttentionGenerator", "aw_conv2d_reference"]
+__all__ = ["AWConv2d", "AttentionGenerator", "PATHS", "aw_conv2d_reference", "select_path",
+           "traced_path"]
+
+PATHS = ("plain", "per_sample", "grouped", "any_batch")
+
+# The eager formulation for N > 1 per device type; edit here to change the policy.
+# CPU (oneDNN): per-sample convolutions. At 2 threads the grouped convolution was measured
+# 1.28-1.34x slower than the same FLOPs as one batched convolution and per-sample ones
+# 0.93-1.07x; at 1 thread both are within noise of each other (README "AWConv2d
+# formulations"). Per-sample convolutions also read a channels_last input without a copy.
+# CUDA: the grouped convolution, one cuDNN call (to be measured on a GPU).
+BATCHED_PATH = {"cpu": "per_sample", "cuda": "grouped"}
+
+# The formulation inside torch.jit.trace and for a symbolic batch (torch.export with a dynamic
+# batch dimension): the only one that stays correct for every N. ``traced_path`` changes it
+# for traces that are never run at another batch size (e.g. fvcore's FLOP count).
+_TRACE_PATH = ["any_batch"]
+
+
+def select_path(batch, device_type):
+    """The exact formulation AWConv2d runs in eager mode for ``batch`` samples on
+    ``device_type`` ("cpu", "cuda", ...). Traces and symbolic batches use "any_batch"."""
+    if batch == 1:
+        return "plain"
+    return BATCHED_PATH.get(device_type, "grouped")
+
+
+@contextlib.contextmanager
+def traced_path(path):
+    """Within the block, traces of AWConv2d use ``path`` instead of "any_batch". The trace
+    then holds the batch size it was made with: use it only for traces that are never run
+    (FLOP counting) or never see another batch size."""
+    if path not in PATHS:
+        raise ValueError(f"traced_path: unknown path {path!r}, expected one of {PATHS}")
+    saved = _TRACE_PATH[0]
+    _TRACE_PATH[0] = path
+    try:
+        yield
+    finally:
+        _TRACE_PATH[0] = saved
 
 
 class AttentionGenerator(nn.Module):
     """pooled (N, C_in, kh, kw) -> 1x1 conv -> ReLU -> 1x1 conv -> (N, C_rows, kh, kw).
 
     ``reduce`` and ``expand`` are 1x1 ``nn.Conv2d`` (their checkpoint names and shapes), but
-    they are applied as matrix products over the kh*kw taps: oneDNN would re-lay out the
-    large ``expand`` weight (C_out * C_in/g rows for AW-full) at every call.
+    they are applied as matrix products over the N * kh * kw (sample, tap) positions: oneDNN
+    would re-lay out the large ``expand`` weight (C_out * C_in/g rows for AW-full) at every
+    call. ``expand`` writes A as (rows, sample, tap), the layout in which the modulation and
+    its backward read and write A contiguously, tap by tap.
     """
 
     def __init__(self, in_channels, hidden, out_channels):
@@ -29,12 +86,127 @@ class AttentionGenerator(nn.Module):
         self.reduce = nn.Conv2d(in_channels, hidden, 1)
         self.expand = nn.Conv2d(hidden, out_channels, 1)
 
+    def hidden(self, pooled):
+        """ReLU(reduce(pooled)), one row per (sample, tap): (N * kh * kw, hidden)."""
+        n, c = pooled.shape[:2]
+        taps = pooled.reshape(n, c, -1).transpose(1, 2).reshape(-1, c)
+        return F.relu(F.linear(taps, self.reduce.weight.flatten(1), self.reduce.bias))
+
+    def rows(self, hidden):
+        """expand(hidden): (C_rows, N * kh * kw)."""
+        return torch.addmm(self.expand.bias[:, None], self.expand.weight.flatten(1), hidden.t())
+
     def forward(self, pooled):
         n, _, kh, kw = pooled.shape
-        taps = pooled.flatten(2).transpose(1, 2)  # (N, kh*kw, C_in)
-        hidden = F.relu(F.linear(taps, self.reduce.weight.flatten(1), self.reduce.bias))
-        rows = F.linear(hidden, self.expand.weight.flatten(1), self.expand.bias)
-        return rows.transpose(1, 2).reshape(n, -1, kh, kw)
+        return self.rows(self.hidden(pooled)).view(-1, n, kh, kw).transpose(0, 1)
+
+
+def _attention_view(rows, channels_per_group, n, taps):
+    """(G * C_in/g, N * taps) rows viewed as (N, G, 1, C_in/g, taps), no copy."""
+    return rows.view(-1, 1, channels_per_group, n, taps).permute(3, 0, 1, 2, 4)
+
+
+def _modulate(weight, rows, n, out=None):
+    """K + K * A for every sample: (N, C_out, C_in/g, kh, kw) from the generator's rows.
+    With ``out`` (contiguous, no autograd) the result is written sample-major in one pass."""
+    c_out, cpg, kh, kw = weight.shape
+    groups = rows.shape[0] // cpg
+    k = weight.reshape(groups, c_out // groups, cpg, kh * kw)
+    a = _attention_view(rows, cpg, n, kh * kw)
+    if out is None:
+        return torch.addcmul(k, k, a).reshape(n, c_out, cpg, kh, kw)
+    torch.addcmul(k, k, a, out=out.view(n, groups, c_out // groups, cpg, kh * kw))
+    return out
+
+
+class _Modulate(torch.autograd.Function):
+    """K + K * A with A = expand(hidden), for training: the forward writes the kernels
+    sample-major in one pass, the backward makes one pass per sample for the gradient of K and
+    writes the gradient of A straight into the row layout of the ``expand`` product.
+    Same math as ``_modulate`` under autograd (tested against it)."""
+
+    @staticmethod
+    def forward(ctx, weight, hidden, expand_weight, expand_bias, n):
+        rows = torch.addmm(expand_bias[:, None], expand_weight.flatten(1), hidden.t())
+        out = _modulate(weight, rows, n, out=weight.new_empty((n, *weight.shape)))
+        ctx.save_for_backward(weight, hidden, expand_weight, rows)
+        ctx.n = n
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        weight, hidden, expand_weight, rows = ctx.saved_tensors
+        n = ctx.n
+        c_out, cpg, kh, kw = weight.shape
+        groups = rows.shape[0] // cpg
+        grad = grad.reshape(n, groups, c_out // groups, cpg, kh * kw)
+        a = _attention_view(rows, cpg, n, kh * kw)
+        grad_weight = grad_hidden = grad_expand_weight = grad_expand_bias = None
+        if ctx.needs_input_grad[0]:  # sum over samples of grad * (1 + A)
+            grad_weight = torch.addcmul(grad[0], grad[0], a[0])
+            for i in range(1, n):
+                grad_weight.add_(grad[i]).addcmul_(grad[i], a[i])
+            grad_weight = grad_weight.view_as(weight)
+        grad_rows = torch.empty_like(rows)
+        target = _attention_view(grad_rows, cpg, n, kh * kw)
+        k = weight.reshape(groups, c_out // groups, cpg, kh * kw)
+        if c_out == groups:  # AW-full: one output channel per row, nothing to sum
+            torch.mul(grad, k, out=target)
+        else:
+            torch.sum(grad * k, dim=2, keepdim=True, out=target)
+        # The operand orders are the fast ones of those measured with MKL.
+        if ctx.needs_input_grad[1]:
+            grad_hidden = grad_rows.t() @ expand_weight.flatten(1)
+        if ctx.needs_input_grad[2]:
+            grad_expand_weight = (grad_rows @ hidden).view_as(expand_weight)
+        if ctx.needs_input_grad[3]:
+            grad_expand_bias = grad_rows.sum(1)
+        return grad_weight, grad_hidden, grad_expand_weight, grad_expand_bias, None
+
+
+def _memory_format(x):
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _conv_plain(layer, x, weight):
+    return F.conv2d(x, weight[0], layer.bias, layer.stride, layer.padding, layer.dilation,
+                    layer.groups)
+
+
+def _conv_per_sample(layer, x, weight):
+    # split/unbind give views in both memory formats (cat keeps channels_last), and their
+    # backward is one cat/stack, where indexing would allocate a zero-filled copy per sample.
+    return torch.cat([F.conv2d(sample, kernel, layer.bias, layer.stride, layer.padding,
+                               layer.dilation, layer.groups)
+                      for sample, kernel in zip(x.split(1), weight.unbind(0))])
+
+
+def _conv_grouped(layer, x, weight):
+    n, _, h, w = x.shape
+    bias = layer.bias.repeat(n) if layer.bias is not None else None
+    # A channels_last input is copied here: (1, N*C, H, W) has no channels_last view.
+    out = F.conv2d(x.reshape(1, n * layer.in_channels, h, w),
+                   weight.reshape(n * layer.out_channels, *weight.shape[2:]),
+                   bias, layer.stride, layer.padding, layer.dilation, layer.groups * n)
+    out = out.view(n, layer.out_channels, *out.shape[2:])
+    return out.contiguous(memory_format=_memory_format(x))
+
+
+def _conv_any_batch(layer, x, weight):
+    n, g = x.shape[0], layer.groups
+    # Output channels group-major (conv group, sample, channel), as F.conv2d's groups expect.
+    kernels = weight.unflatten(1, (g, -1)).transpose(0, 1).flatten(0, 2)
+    out = F.conv2d(x, kernels, None, layer.stride, layer.padding, layer.dilation, g)
+    out = out.unflatten(1, (g, n, -1)).diagonal(0, 0, 2)  # (g, C_out/g, H', W', N)
+    out = out.movedim(-1, 0).flatten(1, 2).contiguous(memory_format=_memory_format(x))
+    return out if layer.bias is None else out + layer.bias.view(1, -1, 1, 1)
+
+
+_CONVS = {"plain": _conv_plain, "per_sample": _conv_per_sample, "grouped": _conv_grouped,
+          "any_batch": _conv_any_batch}
 
 
 class AWConv2d(nn.Module):
@@ -49,11 +221,13 @@ class AWConv2d(nn.Module):
         reduction: generator hidden width is ``max(in_channels // reduction, 8)``.
         attention_groups: number G of distinct attention rows; row r is shared by output
             channels ``[r * C_out / G, (r + 1) * C_out / G)``. 0 means G = out_channels.
+        path: None (``select_path`` decides per call) or one of ``PATHS`` to force a
+            formulation; also settable as the ``path`` attribute.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=False, *, reduction=16, attention_groups=0, norm=None,
-                 activation=None):
+                 activation=None, path=None):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if value % groups:
@@ -66,6 +240,8 @@ class AWConv2d(nn.Module):
             )
         if reduction < 1:
             raise ValueError(f"AWConv2d: reduction must be >= 1, got {reduction}")
+        if path is not None and path not in PATHS:
+            raise ValueError(f"AWConv2d: path must be None or one of {PATHS}, got {path!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size)
@@ -74,6 +250,7 @@ class AWConv2d(nn.Module):
         self.dilation = _pair(dilation)
         self.groups = groups
         self.attention_groups = attention_groups
+        self.path = path
 
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
@@ -103,50 +280,63 @@ class AWConv2d(nn.Module):
                 f"(input shape {tuple(x.shape)})"
             )
 
-    def _attention_rows(self, x):
-        """The G distinct rows of A, float32 under autocast: (N, G, C_in/groups, kh, kw)."""
-        pooled = F.adaptive_avg_pool2d(x, self.kernel_size)
+    @contextlib.contextmanager
+    def _float32_under_autocast(self, x):
+        # The attention is computed in float32 under autocast; only the conv uses its dtype.
         if torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
-                rows = self.generator(pooled.float())
+                yield torch.float32
         else:
-            rows = self.generator(pooled)
-        return rows.view(x.shape[0], self.attention_groups, -1, *self.kernel_size)
+            yield None
+
+    def _pooled(self, x, dtype):
+        pooled = F.adaptive_avg_pool2d(x, self.kernel_size)
+        return pooled if dtype is None else pooled.to(dtype)
 
     def attention(self, x):
-        """A, shaped (N, out_channels, in_channels // groups, kh, kw)."""
+        """A, shaped (N, out_channels, in_channels // groups, kh, kw); float32 under autocast."""
         self._check_input(x)
-        rows = self._attention_rows(x)
+        with self._float32_under_autocast(x) as dtype:
+            rows = self.generator(self._pooled(x, dtype))
+        rows = rows.reshape(x.shape[0], self.attention_groups, -1, *self.kernel_size)
         return rows.repeat_interleave(self.out_channels // self.attention_groups, dim=1)
 
     def modulated_weight(self, x):
-        """(1 + A[n]) * K for every sample: (N, out_channels, in_channels // groups, kh, kw)."""
-        rows = self._attention_rows(x)
-        n, g = rows.shape[:2]
-        # Broadcast each row over its C_out/G channels instead of materialising the full A.
-        weight = self.weight.float() if rows.dtype != self.weight.dtype else self.weight
-        weight = weight.view(g, -1, *weight.shape[1:])
-        # addcmul = K + K * A in one op; fvcore counts it through aw_detection.layers.flops.
-        modulated = torch.addcmul(weight, weight, rows.unsqueeze(2))
-        return modulated.view(n, self.out_channels, *weight.shape[2:])
+        """(1 + A[n]) * K for every sample: (N, out_channels, in_channels // groups, kh, kw),
+        float32 under autocast."""
+        n = x.shape[0]
+        with self._float32_under_autocast(x) as dtype:
+            hidden = self.generator.hidden(self._pooled(x, dtype))
+            weight = self.weight if dtype is None else self.weight.to(dtype)
+            expand = self.generator.expand
+            if torch.jit.is_tracing() or torch.compiler.is_compiling():
+                # Plain differentiable ops: no out= and no Python autograd.Function in a graph.
+                return _modulate(weight, self.generator.rows(hidden), n)
+            if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
+                                            or expand.weight.requires_grad):
+                return _Modulate.apply(weight, hidden, expand.weight, expand.bias, n)
+            with torch.no_grad():
+                return _modulate(weight, self.generator.rows(hidden), n,
+                                 out=weight.new_empty((n, *weight.shape)))
+
+    def conv_path(self, x):
+        """The formulation ``forward(x)`` uses (see the module docstring)."""
+        n = x.shape[0]
+        symbolic = torch.jit.is_tracing() or not isinstance(n, int)
+        if self.path is None:
+            return _TRACE_PATH[0] if symbolic else select_path(n, x.device.type)
+        if symbolic and self.path != "any_batch":
+            raise RuntimeError(
+                f"AWConv2d.path={self.path!r} would freeze the batch size into this trace or "
+                "export (a wrong result at another batch size); set path=None before tracing"
+            )
+        if self.path == "plain" and n != 1:
+            raise ValueError(f"AWConv2d.path='plain' needs a batch of 1, got {n}")
+        return self.path
 
     def forward(self, x):
         self._check_input(x)
-        n, _, h, w = x.shape
-        weight = self.modulated_weight(x)
-        if n == 1:
-            out = F.conv2d(x, weight[0], self.bias, self.stride, self.padding, self.dilation,
-                           self.groups)
-        else:
-            bias = self.bias.repeat(n) if self.bias is not None else None
-            out = F.conv2d(
-                x.reshape(1, n * self.in_channels, h, w),
-                weight.reshape(n * self.out_channels, *weight.shape[2:]),
-                bias, self.stride, self.padding, self.dilation, self.groups * n,
-            )
-            out = out.view(n, self.out_channels, *out.shape[2:])
-            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-                out = out.contiguous(memory_format=torch.channels_last)
+        out = _CONVS[self.conv_path(x)](self, x, self.modulated_weight(x))
         if self.norm is not None:
             out = self.norm(out)
         if self.activation is not None:

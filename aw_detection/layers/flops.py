@@ -1,7 +1,9 @@
 """fvcore FLOP handles for the ops our layers add.
 
-fvcore counts convolutions (the batch-folded grouped conv of AWConv2d included), matrix
-products and einsum, and ignores elementwise ops. Two ops it does not know:
+fvcore counts convolutions, matrix products and einsum, and ignores elementwise ops. fvcore
+counts a trace: ``flop_count`` traces AWConv2d with its grouped formulation, which does the
+eager FLOPs at any batch (the default trace formulation does N times the convolution FLOPs at
+N > 1, see ``aw_conv``). Two ops fvcore does not know:
 
 - AWConv2d's kernel modulation K + K * A, one ``aten::addcmul`` per layer as large as the
   kernel times the batch: one multiply-add per element, like a conv's MAC;
@@ -10,6 +12,8 @@ products and einsum, and ignores elementwise ops. Two ops it does not know:
 """
 from fvcore.nn.jit_handles import get_shape
 from math import prod
+
+from .aw_conv import traced_path
 
 __all__ = ["add_flop_handles", "flop_count"]
 
@@ -31,9 +35,11 @@ def add_flop_handles(analysis):
 
 
 def flop_count(module, inputs):
-    """Total FLOPs (fvcore's convention: one multiply-add is one flop) of ``module(*inputs)``."""
+    """Total FLOPs (fvcore's convention: one multiply-add is one flop) of ``module(*inputs)``
+    as run in eager mode."""
     from fvcore.nn import FlopCountAnalysis
 
     analysis = add_flop_handles(FlopCountAnalysis(module, inputs))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    return analysis.total()
+    with traced_path("grouped"):
+        return analysis.total()
