@@ -233,7 +233,9 @@ def _label(run):
 def _train(run, threads, log):
     """One run as a subprocess (resumed when it had started); raises RuntimeError on failure."""
     state = run_state(run)
-    args = list(run["args"]) + (["--resume"] if state == "partial" else [])
+    args = list(run["args"])
+    if state == "partial":  # a flag: before the trailing KEY VALUE overrides
+        args.insert(1, "--resume")
     if state == "partial":
         log(f"{_label(run)}: resuming from its last checkpoint")
     _write_record(run, "started")

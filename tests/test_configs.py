@@ -9,7 +9,8 @@ from aw_detection.config import load_config
 
 from .conftest import ROOT
 
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
+                 if os.sep + "studies" + os.sep not in p)  # study specs: tests/test_study.py
 _built = {}
 
 
