@@ -16,6 +16,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from fvcore.common.checkpoint import _IncompatibleKeys
 
+from .backbone_weights import adapt_backbone_checkpoint
 from .errors import UserError
 from .layers import AAConv2d
 
@@ -63,13 +64,15 @@ class AWCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         try:
-            return super()._load_file(filename)
+            checkpoint = super()._load_file(filename)
         except (OSError, AssertionError) as e:
             raise UserError(f"MODEL.WEIGHTS {filename} cannot be opened ({e}). Without internet, "
                             "download it elsewhere and set MODEL.WEIGHTS to the local file") from e
         except Exception as e:  # unpickling / zip / format errors: not a checkpoint
             raise UserError(f"MODEL.WEIGHTS {filename} is not a readable Detectron2 checkpoint "
                             f"(.pth or .pkl): {type(e).__name__}: {e}") from e
+        # torchvision ResNets and classification checkpoints: renamed to this model's ResNet.
+        return adapt_backbone_checkpoint(checkpoint, self.model, filename)
 
     def _load_model(self, checkpoint):
         if not isinstance(checkpoint.get("model"), dict):

@@ -64,6 +64,30 @@ def add_aw_config(cfg):
     # the metadata of the config's datasets.
     _C.MODEL.CLASS_NAMES = []
     _C.MODEL.CATEGORY_IDS = []
+
+    # --- Classification pre-training (tools/train_classification.py) and AW generator
+    # optimisation (ablations). MODEL.META_ARCHITECTURE "ImageClassifier": the config's
+    # backbone (MODEL.RESNETS, MODEL.AW/AA/ACT_ATTENTION) + global average pool + linear head.
+    _C.MODEL.CLASSIFIER = CN()
+    # Number of classes; tools/train_classification.py takes it from the class folders.
+    _C.MODEL.CLASSIFIER.NUM_CLASSES = 1000
+    # Label smoothing of the cross-entropy (0.1: the usual ImageNet recipe).
+    _C.MODEL.CLASSIFIER.LABEL_SMOOTHING = 0.1
+    # An ImageFolder root with train/<class>/* and val/<class>/* (--data-dir). The name
+    # "shapes_classification" is the embedded set (object crops of the shapes generator),
+    # written under $DETECTRON2_DATASETS on first use.
+    _C.DATASETS.IMAGE_FOLDER = ""
+    _C.INPUT.CLASSIFICATION = CN()
+    # Training: RandomResizedCrop to TRAIN_SIZE with area fraction in (MIN_SCALE, 1) + flip.
+    _C.INPUT.CLASSIFICATION.TRAIN_SIZE = 224
+    _C.INPUT.CLASSIFICATION.MIN_SCALE = 0.08
+    # Evaluation: shorter side resized to TEST_RESIZE, centre crop of TEST_SIZE (256 / 224).
+    _C.INPUT.CLASSIFICATION.TEST_RESIZE = 256
+    _C.INPUT.CLASSIFICATION.TEST_SIZE = 224
+    # Multipliers on SOLVER.BASE_LR and SOLVER.WEIGHT_DECAY for the AW attention generators.
+    # 1.0 is the paper's formulation (one learning rate and decay for the whole network).
+    _C.MODEL.AW.GENERATOR_LR_FACTOR = 1.0
+    _C.MODEL.AW.GENERATOR_WEIGHT_DECAY_FACTOR = 1.0
     return cfg
 
 

@@ -11,9 +11,10 @@ from aw_detection.layers import CBAM, AAConv2d, AWConv2d, SqueezeExcitation
 
 from .conftest import ROOT
 
-# Base-*.yaml hold shared settings; each is built through the configs that include it.
+# Base-*.yaml hold shared settings, each built through the configs that include it; study
+# specs are not configs (tests/test_study.py).
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
-                 if not os.path.basename(p).startswith("Base-"))
+                 if not os.path.basename(p).startswith("Base-") and os.sep + "studies" + os.sep not in p)
 BLOCKS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
 _built = {}
 
@@ -22,7 +23,7 @@ def _promised(name, depth):
     """Layer counts a config name promises: AW (any G) on every 3x3 conv of res3-res5, AA on
     those of res5, SE/CBAM on every block of res3-res5 (one 3x3 per bottleneck, two per basic
     block)."""
-    tokens = set(re.sub(r"^.*_FPN(_[13]x)?", "", name).strip("_").replace("aw_lite", "awlite").split("_")) - {""}
+    tokens = set(re.sub(r"^.*?_R_\d+(_FPN)?(_[13]x)?", "", name).strip("_").replace("aw_lite", "awlite").split("_")) - {""}
     assert tokens <= {"aw", "awlite", "se", "cbam", "aa"}, f"unknown variant in {name}: {tokens}"
     blocks = BLOCKS[depth]
     convs = 2 if depth in (18, 34) else 1

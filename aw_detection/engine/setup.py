@@ -6,6 +6,7 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..backbone_weights import apply_torchvision_settings
 from ..config import load_config
 from ..data import apply_dataset_classes, check_registered, num_classes, prepare_datasets
 from ..errors import UserError
@@ -36,6 +37,7 @@ def setup(args):
     apply_dataset_classes(cfg, training=not args.eval_only,
                           explicit_num_classes=num_classes(cfg)[0] in list(args.opts)[::2])
     _check_weights(cfg, args.eval_only, args.resume)
+    apply_torchvision_settings(cfg, explicit_keys=list(args.opts)[::2])  # torchvision weights
     cfg.freeze()
     default_setup(cfg, args)
     if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:

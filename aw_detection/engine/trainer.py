@@ -20,6 +20,7 @@ from ..data import RobustDatasetMapper
 from ..errors import ConfigError
 from ..evaluation import write_eval_results
 from .hooks import AttentionStats
+from .optimizer import scale_generator_params
 
 __all__ = ["Trainer", "InferenceTimer", "CPUAutocastTrainer"]
 
@@ -101,16 +102,17 @@ class Trainer(DefaultTrainer):
     def build_optimizer(cls, cfg, model):
         name = cfg.SOLVER.OPTIMIZER.upper()
         if name == "SGD":
-            return super().build_optimizer(cfg, model)
+            return scale_generator_params(super().build_optimizer(cfg, model), model, cfg)
         if name != "ADAMW":
             raise ConfigError(f'SOLVER.OPTIMIZER must be "SGD" or "ADAMW", got "{cfg.SOLVER.OPTIMIZER}"')
         params = get_default_optimizer_params(
             model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
-        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+        optimizer = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
             params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
         )
+        return scale_generator_params(optimizer, model, cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
