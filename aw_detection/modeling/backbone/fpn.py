@@ -12,6 +12,10 @@ __all__ = ["build_aw_resnet_fpn_backbone", "build_aw_retinanet_resnet_fpn_backbo
 
 
 def _fpn(cfg, bottom_up, top_block):
+    if cfg.MODEL.RESNETS.RES5_DILATION != 1:
+        raise ConfigError(f"MODEL.RESNETS.RES5_DILATION={cfg.MODEL.RESNETS.RES5_DILATION} keeps "
+                          "res5 at stride 16, but an FPN needs each level at twice the stride of "
+                          "the one before: use RES5_DILATION 1 with FPN backbones")
     return FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
