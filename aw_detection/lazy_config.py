@@ -59,13 +59,14 @@ def load_lazy_config(config_file, overrides=()):
     without CUDA becomes the CPU (as :func:`aw_detection.config.load_config` does)."""
     if not os.path.isfile(config_file):
         raise UserError(f"config file {config_file} does not exist")
-    if not config_file.endswith(".py"):
-        raise UserError(f"{config_file}: a LazyConfig is a .py file; YAML configs go to "
-                        "tools/train_net.py")
     try:
         cfg = LazyConfig.load(config_file)
-    except (ImportError, SyntaxError, NameError, AttributeError, KeyError) as e:
+    except (ImportError, SyntaxError, NameError, AttributeError, KeyError, ValueError) as e:
         raise UserError(f"{config_file} cannot be loaded: {type(e).__name__}: {e}") from e
+    if "_target_" not in cfg.get("model", {}):
+        raise UserError(f"{config_file} is not a LazyConfig (a .py config, or the config.yaml a "
+                        "lazy run saved): it has no model to instantiate. YAML configs of "
+                        "configs/ go to tools/train_net.py")
     for override in overrides:
         if "=" not in override:
             raise UserError(f"override {override!r}: write KEY=VALUE, e.g. train.max_iter=100")
