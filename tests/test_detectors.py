@@ -23,7 +23,6 @@ from detectron2 import model_zoo
 from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer
 from detectron2.export.flatten import TracingAdapter
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
@@ -39,10 +38,8 @@ from .conftest import ROOT, TINY_OPTS, run_tool
 from .test_backbone import write_c2_r50_pkl
 
 CONFIGS = os.path.join(ROOT, "configs")
-STAGES = ["res2", "res3", "res4", "res5"]
 RETINANET = "build_aw_retinanet_resnet_fpn_backbone"
-DETECTRON2_BUILDERS = {"build_aw_resnet_backbone": "build_resnet_backbone",
-                       "build_aw_resnet_fpn_backbone": "build_resnet_fpn_backbone",
+DETECTRON2_BUILDERS = {"build_aw_resnet_fpn_backbone": "build_resnet_fpn_backbone",
                        RETINANET: "build_retinanet_resnet_fpn_backbone"}
 
 
@@ -72,28 +69,22 @@ def randomize_norms(module, seed=0):
     return module
 
 
-# RES5_DILATION 2 (the DC5 models) keeps res5 at stride 16, which an FPN refuses: it is checked
-# on the ResNet that both FPN builders share.
-@pytest.mark.parametrize("builder,depth,opts", [
-    ("build_aw_resnet_fpn_backbone", 18, []), (RETINANET, 18, []),
-    ("build_aw_resnet_fpn_backbone", 50, []), (RETINANET, 50, []),
-    (RETINANET, 50, ["MODEL.RESNETS.STRIDE_IN_1X1", False]),
-    ("build_aw_resnet_backbone", 50, ["MODEL.RESNETS.RES5_DILATION", 2]),
-], ids=["FPN-R18", "RetinaNet-R18", "FPN-R50", "RetinaNet-R50", "RetinaNet-R50-stride-in-3x3",
-        "ResNet-R50-res5-dilation-2"])
-def test_attention_off_is_detectron2_output_for_output(builder, depth, opts):
+# The Faster R-CNN FPN builder and the plain ResNet (RES5_DILATION 2: the DC5 models; an FPN
+# refuses a stride-16 res5, test below) are compared the same way in tests/test_backbone.py.
+@pytest.mark.parametrize("depth,opts", [(18, []), (50, []), (50, ["MODEL.RESNETS.STRIDE_IN_1X1", False])],
+                         ids=["R18", "R50", "R50-stride-in-3x3"])
+def test_retinanet_backbone_with_attention_off_is_detectron2s_output_for_output(depth, opts):
     torch.manual_seed(0)
-    ref = randomize_norms(build_backbone(fpn_cfg(DETECTRON2_BUILDERS[builder], depth, opts))).eval()
-    ours = build_backbone(fpn_cfg(builder, depth, opts)).eval()
+    ref = randomize_norms(build_backbone(fpn_cfg(DETECTRON2_BUILDERS[RETINANET], depth, opts))).eval()
+    ours = build_backbone(fpn_cfg(RETINANET, depth, opts)).eval()
     ours.load_state_dict(ref.state_dict())  # strict: the same names and shapes
     assert ours.output_shape() == ref.output_shape()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         out, expected = ours(x), ref(x)
-    levels = {RETINANET: ["p3", "p4", "p5", "p6", "p7"], "build_aw_resnet_backbone": STAGES,
-              "build_aw_resnet_fpn_backbone": ["p2", "p3", "p4", "p5", "p6"]}[builder]
-    assert list(out) == list(expected) == levels
-    for k in levels:
+    assert list(out) == list(expected) == ["p3", "p4", "p5", "p6", "p7"]
+    for k in expected:
+        assert expected[k].isfinite().all() and expected[k].std() > 1e-3
         assert torch.equal(out[k], expected[k]), k
 
 
