@@ -35,6 +35,11 @@ BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [
                     152: [3, 8, 36, 3]}
 # attention_resnet argument -> the config node holding the same settings (upper-case keys).
 ATTENTION_SECTIONS = {"aw": "AW", "aa": "AA", "act_attention": "ACT_ATTENTION"}
+# The keys of those nodes that shape the network; others (e.g. optimiser factors) are not the
+# backbone's, and a LazyConfig that set them here would see them ignored.
+BACKBONE_KEYS = {"aw": ("enabled", "stages", "reduction", "attention_groups"),
+                 "aa": ("enabled", "stages", "heads", "kappa", "nu", "max_size"),
+                 "act_attention": ("type", "stages", "reduction")}
 
 
 def _plain(value):
@@ -46,20 +51,22 @@ def _plain(value):
     return value
 
 
-def _lower_keys(node):
-    return {k.lower(): _plain(v) for k, v in node.items()}
+def _section(cfg, arg):
+    """The backbone settings of MODEL.AW / MODEL.AA / MODEL.ACT_ATTENTION, lower-case keys."""
+    node = cfg.MODEL[ATTENTION_SECTIONS[arg]]
+    return {key: _plain(node[key.upper()]) for key in BACKBONE_KEYS[arg]}
 
 
 @functools.lru_cache(maxsize=None)
 def _defaults():
-    model = add_aw_config(get_cfg()).MODEL
-    return {arg: _lower_keys(model[section]) for arg, section in ATTENTION_SECTIONS.items()}
+    cfg = add_aw_config(get_cfg())
+    return {arg: _section(cfg, arg) for arg in ATTENTION_SECTIONS}
 
 
 def attention_defaults():
-    """``{"aw": {...}, "aa": {...}, "act_attention": {...}}``: the defaults of MODEL.AW, MODEL.AA
-    and MODEL.ACT_ATTENTION from ``add_aw_config`` (the one place they are born), keys in
-    lower case, as :func:`attention_resnet` takes them."""
+    """``{"aw": {...}, "aa": {...}, "act_attention": {...}}``: the defaults of the backbone
+    settings of MODEL.AW, MODEL.AA and MODEL.ACT_ATTENTION from ``add_aw_config`` (the one place
+    they are born), keys in lower case, as :func:`attention_resnet` takes them."""
     return copy.deepcopy(_defaults())
 
 
@@ -68,8 +75,9 @@ def _settings(arg, given):
     given = _plain(given or {})
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise ConfigError(f"{arg}: unknown setting(s) {unknown}; the settings are "
-                          f"{sorted(defaults)} (MODEL.{ATTENTION_SECTIONS[arg]} in lower case)")
+        raise ConfigError(f"{arg}: unknown setting(s) {unknown}; the backbone's settings are "
+                          f"{sorted(defaults)} (those of MODEL.{ATTENTION_SECTIONS[arg]}, in "
+                          "lower case)")
     return {**defaults, **given}
 
 
@@ -119,8 +127,9 @@ def attention_resnet(*, depth=50, in_channels=3, stem_out_channels=64, res2_out_
 
     The arguments are Detectron2's ``MODEL.RESNETS`` options (lower case) plus ``freeze_at``;
     ``aw``, ``aa`` and ``act_attention`` are dicts with the keys of ``MODEL.AW``, ``MODEL.AA``
-    and ``MODEL.ACT_ATTENTION`` in lower case (e.g. ``aw=dict(enabled=True,
-    attention_groups=8)``); keys left out take ``add_aw_config``'s defaults. With every
+    and ``MODEL.ACT_ATTENTION`` that shape the network (``BACKBONE_KEYS``), in lower case (e.g.
+    ``aw=dict(enabled=True, attention_groups=8)``); keys left out take ``add_aw_config``'s
+    defaults. With every
     attention off this is exactly Detectron2's ``build_resnet_backbone``.
     """
     aw, aa, act_attention = (_settings("aw", aw), _settings("aa", aa),
@@ -192,7 +201,7 @@ def resnet_arguments(cfg, input_shape):
         deform_on_per_stage=res.DEFORM_ON_PER_STAGE, deform_modulated=res.DEFORM_MODULATED,
         deform_num_groups=res.DEFORM_NUM_GROUPS, out_features=res.OUT_FEATURES,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        **{arg: _lower_keys(cfg.MODEL[section]) for arg, section in ATTENTION_SECTIONS.items()},
+        **{arg: _section(cfg, arg) for arg in ATTENTION_SECTIONS},
     )
 
 
