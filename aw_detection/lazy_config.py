@@ -88,10 +88,13 @@ def lazy_dataset_names(loader):
 
 
 def lazy_num_classes(model):
-    """(key, number of classes) of a lazy R-CNN or RetinaNet model node."""
-    if "roi_heads" in model:
+    """(key, number of classes) of a lazy R-CNN or dense detector (RetinaNet, FCOS) model
+    node; (None, None) for other models."""
+    if "num_classes" in model.get("roi_heads", {}):
         return "model.roi_heads.num_classes", model.roi_heads.num_classes
-    return "model.num_classes", model.num_classes
+    if "num_classes" in model:
+        return "model.num_classes", model.num_classes
+    return None, None
 
 
 def check_lazy_datasets(cfg, training=True):
@@ -105,7 +108,7 @@ def check_lazy_datasets(cfg, training=True):
                     f"dataloader.{split}.dataset.names has {name!r}, which is not registered. "
                     f"Register your own with --dataset {name}=ANNOTATIONS.json:IMAGE_DIR "
                     "(built-in: shapes_train, shapes_val, coco_2017_train, ...)")
-    for name in lazy_dataset_names(cfg.dataloader[splits[0]]):
+    for name in lazy_dataset_names(cfg.dataloader[splits[0]]) if key else ():
         classes = dataset_classes(name)
         if classes is not None and len(classes[0]) != num:
             raise UserError(f"{key}={num} but dataset {name} has {len(classes[0])} "
