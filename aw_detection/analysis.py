@@ -15,14 +15,20 @@ def _fixed_proposals(model):
     """The box head's cost depends on how many proposals the RPN keeps (NMS, degenerate
     boxes), which varies between randomly initialised models. Here the RPN proposes its
     anchors unchanged (zero box deltas) without NMS: every model's box head sees exactly
-    POST_NMS_TOPK_TEST proposals. Weights are restored afterwards."""
+    POST_NMS_TOPK_TEST proposals. A mask head's cost depends on the number of detections:
+    with no score threshold it sees TEST.DETECTIONS_PER_IMAGE of them. Weights and
+    thresholds are restored afterwards."""
     rpn = getattr(model, "proposal_generator", None)
     deltas = getattr(getattr(rpn, "rpn_head", None), "anchor_deltas", None)
     if deltas is None:
         yield
         return
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    score_thresh = getattr(predictor, "test_score_thresh", None)
     saved = rpn.nms_thresh, deltas.weight.detach().clone(), deltas.bias.detach().clone()
     rpn.nms_thresh = 1.0  # IoU never exceeds 1: NMS keeps every proposal
+    if score_thresh is not None:
+        predictor.test_score_thresh = 0.0
     with torch.no_grad():
         deltas.weight.zero_()
         deltas.bias.zero_()
@@ -30,6 +36,8 @@ def _fixed_proposals(model):
         yield
     finally:
         rpn.nms_thresh = saved[0]
+        if score_thresh is not None:
+            predictor.test_score_thresh = score_thresh
         with torch.no_grad():
             deltas.weight.copy_(saved[1])
             deltas.bias.copy_(saved[2])

@@ -163,11 +163,14 @@ def aa_memory_benchmark(iters=5, device="cpu", stages=RESNET50_3X3_SHAPES[1:]):
 
 
 def synthetic_batch(cfg, batch_size, train, seed=0):
-    """Images (and, for training, 8 boxes per image) at the config's input size: the same
-    batch for every model compared, without needing the dataset on disk."""
-    from detectron2.structures import Boxes, Instances
+    """Images (and, for training, 8 boxes per image, with box-filling masks for mask models)
+    at the config's input size: the same batch for every model compared, without needing the
+    dataset on disk."""
+    from detectron2.structures import BitMasks, Boxes, Instances
 
     gen = torch.Generator().manual_seed(seed)
+    retinanet = cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
+    num_classes = (cfg.MODEL.RETINANET if retinanet else cfg.MODEL.ROI_HEADS).NUM_CLASSES
     h = max(cfg.INPUT.MIN_SIZE_TRAIN) if train else cfg.INPUT.MIN_SIZE_TEST
     w = min(round(h * 4 / 3), cfg.INPUT.MAX_SIZE_TRAIN if train else cfg.INPUT.MAX_SIZE_TEST)
     batch = []
@@ -179,7 +182,11 @@ def synthetic_batch(cfg, batch_size, train, seed=0):
             wh = (0.1 + torch.rand(8, 2, generator=gen) * 0.2) * torch.tensor([w, h])
             inst = Instances((h, w))
             inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
-            inst.gt_classes = torch.randint(0, cfg.MODEL.ROI_HEADS.NUM_CLASSES, (8,), generator=gen)
+            inst.gt_classes = torch.randint(0, num_classes, (8,), generator=gen)
+            if cfg.MODEL.MASK_ON:
+                ys, xs = torch.arange(h)[:, None] + 0.5, torch.arange(w)[None] + 0.5
+                x0, y0, x1, y1 = inst.gt_boxes.tensor.T[:, :, None, None]
+                inst.gt_masks = BitMasks((xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1))
             item["instances"] = inst
         batch.append(item)
     return batch

@@ -36,7 +36,7 @@ def main():
 
     with user_errors(args.debug):
         cfg = model_config(args)
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence
         prepare_datasets(args.dataset, (), os.path.join(args.output, "datasets"))
         predictor = Predictor(cfg)
         paths = list_images(args.input)

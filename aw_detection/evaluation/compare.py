@@ -15,6 +15,8 @@ from .results import read_eval_results
 __all__ = ["METRICS", "load_run", "compare_runs", "group_by_config", "write_comparison"]
 
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+# Mask AP of instance segmentation runs (COCOEvaluator's "segm" task), as "mask AP", ...
+SEGM_METRICS = [f"mask {m}" for m in METRICS]
 
 
 def _train_seconds_per_iter(run_dir):
@@ -50,6 +52,9 @@ def load_run(run_dir, dataset=None, with_model_stats=True):
     bbox = results[dataset]["bbox"]
     row = {"run": os.path.basename(os.path.normpath(run_dir)), "dir": run_dir, "dataset": dataset}
     row.update({m: bbox.get(m) for m in METRICS})
+    segm = results[dataset].get("segm")
+    if segm:
+        row.update({f"mask {m}": segm.get(m) for m in METRICS})
     cfg = load_config(os.path.join(run_dir, "config.yaml"))
     row["identity"] = _model_identity(cfg)
     if with_model_stats:
@@ -79,8 +84,8 @@ def group_by_config(rows):
     for runs in groups.values():
         row = dict(runs[0], run=runs[0]["run"] if len(runs) == 1 else
                    f'{runs[0]["run"]} (+{len(runs) - 1} seeds)', seeds=len(runs))
-        for key in METRICS + ["train_s_per_iter", "inference_s_per_img"]:
-            row[key], row[key + "_std"] = _mean_std([r[key] for r in runs])
+        for key in METRICS + SEGM_METRICS + ["train_s_per_iter", "inference_s_per_img"]:
+            row[key], row[key + "_std"] = _mean_std([r.get(key) for r in runs])
         merged.append(row)
     return merged
 
@@ -89,7 +94,8 @@ def compare_runs(rows):
     """Add Δ vs the first row for each metric and cost."""
     base = rows[0]
     for row in rows:
-        for key in METRICS + ["params", "gflops", "train_s_per_iter", "inference_s_per_img"]:
+        for key in METRICS + SEGM_METRICS + ["params", "gflops", "train_s_per_iter",
+                                             "inference_s_per_img"]:
             value, ref = _number(row.get(key)), _number(base.get(key))
             row["d_" + key] = None if value is None or ref is None else value - ref
     return rows
@@ -121,11 +127,23 @@ def _cell(row, key, digits, scale, with_delta):
     return text
 
 
+def _has_masks(rows):
+    return any(_number(r.get("mask AP")) is not None for r in rows)
+
+
+def _columns(rows):
+    """COLUMNS, with mask AP after the box AP columns when some run has it."""
+    if not _has_masks(rows):
+        return COLUMNS
+    return COLUMNS[:len(METRICS)] + [(m, m, 2, 1, True) for m in SEGM_METRICS] + COLUMNS[len(METRICS):]
+
+
 def markdown_table(rows):
-    lines = ["| run | " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    columns = _columns(rows)
+    lines = ["| run | " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for i, row in enumerate(rows):
         cells = [_cell(row, key, digits, scale, delta and i > 0)
-                 for _, key, digits, scale, delta in COLUMNS]
+                 for _, key, digits, scale, delta in columns]
         lines.append(f"| {row['run']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -134,13 +152,15 @@ def write_comparison(rows, output_dir, title="Comparison"):
     """comparison.md / .csv / .png under output_dir; returns the Markdown text."""
     os.makedirs(output_dir, exist_ok=True)
     base = rows[0]
-    text = (f"# {title}\n\nCOCO-style box AP on `{base['dataset']}`; Δ in parentheses is "
+    kind = "box and mask AP" if _has_masks(rows) else "box AP"
+    text = (f"# {title}\n\nCOCO-style {kind} on `{base['dataset']}`; Δ in parentheses is "
             f"against `{base['run']}` (first row).\n\n{markdown_table(rows)}\n")
     with open(os.path.join(output_dir, "comparison.md"), "w") as f:
         f.write(text)
-    keys = ["run", "dir", "dataset", "seeds"] + METRICS + [m + "_std" for m in METRICS] + \
-        ["d_" + m for m in METRICS] + ["params", "gflops", "train_s_per_iter",
-                                        "inference_s_per_img"]
+    metrics = METRICS + (SEGM_METRICS if _has_masks(rows) else [])
+    keys = ["run", "dir", "dataset", "seeds"] + metrics + [m + "_std" for m in metrics] + \
+        ["d_" + m for m in metrics] + ["params", "gflops", "train_s_per_iter",
+                                       "inference_s_per_img"]
     with open(os.path.join(output_dir, "comparison.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()

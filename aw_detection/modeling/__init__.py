@@ -1,2 +1,7 @@
 # Imported for registration with Detectron2's BACKBONE_REGISTRY.
-from .backbone import build_aw_resnet_backbone, build_aw_resnet_fpn_backbone
+from .backbone import (
+    attention_resnet,
+    build_aw_resnet_backbone,
+    build_aw_resnet_fpn_backbone,
+    build_aw_retinanet_resnet_fpn_backbone,
+)

@@ -1,13 +1,20 @@
-"""ResNet / ResNet-FPN backbones whose blocks carry AW, AA, SE or CBAM attention.
+"""Detectron2's ResNet with attention blocks in chosen stages, for YAML and LazyConfig alike.
 
-The builders follow Detectron2's ``build_resnet_backbone`` and swap only the block class of
-the stages that get attention. Block classes subclass Detectron2's, so the static parameters
-keep Detectron2's names and ImageNet ``R-50.pkl`` / ``R-101.pkl`` load unchanged.
+:func:`attention_resnet` is the model factory: explicit arguments (Detectron2's ResNet options
+plus the attention settings ``aw``, ``aa``, ``act_attention``), usable as
+``L(attention_resnet)(...)`` in a LazyConfig. The registered YAML builder
+:func:`build_aw_resnet_backbone` only translates ``cfg`` into those arguments, so both config
+systems build the same network through the same code. It reuses Detectron2's ``ResNet``,
+``BasicStem`` and ``ResNet.make_stage`` and swaps only the block class of the stages that get
+attention.
 """
-import torch.nn.functional as F
+import copy
+import functools
+from collections.abc import Mapping, Sequence
+
+from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
-from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import (
     BasicBlock,
     BasicStem,
@@ -16,184 +23,158 @@ from detectron2.modeling.backbone.resnet import (
     ResNet,
 )
 
+from ...config import add_aw_config
 from ...errors import ConfigError
-from ...layers import AAConv2d, AWConv2d, aa_channels, create_act_attention
+from ...layers import create_act_attention
+from .blocks import AttentionBasicBlock, AttentionBottleneckBlock
 
-__all__ = [
-    "AttentionBasicBlock",
-    "AttentionBottleneckBlock",
-    "build_aw_resnet_backbone",
-    "build_aw_resnet_fpn_backbone",
-]
+__all__ = ["attention_defaults", "attention_resnet", "build_aw_resnet_backbone", "resnet_arguments"]
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
+BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3],
+                    152: [3, 8, 36, 3]}
+# attention_resnet argument -> the config node holding the same settings (upper-case keys).
+ATTENTION_SECTIONS = {"aw": "AW", "aa": "AA", "act_attention": "ACT_ATTENTION"}
+# The keys of those nodes that shape the network; others (e.g. optimiser factors) are not the
+# backbone's, and a LazyConfig that set them here would see them ignored.
+BACKBONE_KEYS = {"aw": ("enabled", "stages", "reduction", "attention_groups"),
+                 "aa": ("enabled", "stages", "heads", "kappa", "nu", "max_size"),
+                 "act_attention": ("type", "stages", "reduction")}
 
 
-def to_aw_conv(conv, reduction, attention_groups):
-    """An AWConv2d computing what the Detectron2 ``Conv2d`` ``conv`` computes (same weight)."""
-    aw = AWConv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, conv.bias is not None, reduction=reduction,
-        attention_groups=attention_groups, norm=conv.norm, activation=conv.activation,
-    )
-    aw.weight.data.copy_(conv.weight.data)
-    if conv.bias is not None:
-        aw.bias.data.copy_(conv.bias.data)
-    return aw
+def _plain(value):
+    """Config values (CfgNode, OmegaConf containers, tuples) as plain dicts / lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
 
 
-def to_aa_conv(conv, heads, kappa, nu, max_size, aw=None):
-    """An AAConv2d replacing ``conv``; its conv branch starts from ``conv``'s first filters."""
-    if conv.groups != 1:
-        raise ConfigError("MODEL.AA: grouped 3x3 convs (RESNETS.NUM_GROUPS > 1) are not supported")
-    key_channels, value_channels = aa_channels(conv.out_channels, heads, kappa, nu)
-    aa = AAConv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, heads=heads,
-        key_channels=key_channels, value_channels=value_channels, max_size=max_size,
-        aw=aw or False, dilation=conv.dilation, norm=conv.norm, activation=conv.activation,
-    )
-    aa.conv.weight.data.copy_(conv.weight.data[: aa.conv.out_channels])
-    return aa
+def _section(cfg, arg):
+    """The backbone settings of MODEL.AW / MODEL.AA / MODEL.ACT_ATTENTION, lower-case keys."""
+    node = cfg.MODEL[ATTENTION_SECTIONS[arg]]
+    return {key: _plain(node[key.upper()]) for key in BACKBONE_KEYS[arg]}
 
 
-class _AttentionMixin:
-    def _add_attention(self, conv_names, out_channels, aw, aa, act_attention, act_reduction):
-        """aw: None or AWConv2d kwargs; aa: None or to_aa_conv kwargs (its conv branch is AW
-        when aw is set too). Both apply to the 3x3 convs ``conv_names``."""
-        for name in conv_names:
-            conv = getattr(self, name)
-            if aa is not None:
-                setattr(self, name, to_aa_conv(conv, aw=aw, **aa))
-            elif aw is not None:
-                setattr(self, name, to_aw_conv(conv, **aw))
-        self.act_attention = create_act_attention(act_attention, out_channels, act_reduction)
-
-    def _residual(self, out, x):
-        if self.act_attention is not None:
-            out = self.act_attention(out)
-        out += self.shortcut(x) if self.shortcut is not None else x
-        return F.relu_(out)
+@functools.lru_cache(maxsize=None)
+def _defaults():
+    cfg = add_aw_config(get_cfg())
+    return {arg: _section(cfg, arg) for arg in ATTENTION_SECTIONS}
 
 
-class AttentionBottleneckBlock(_AttentionMixin, BottleneckBlock):
-    """Detectron2's BottleneckBlock; conv2 (the 3x3) may be AW and/or AA, the branch output
-    SE/CBAM."""
-
-    def __init__(self, in_channels, out_channels, *, aw=None, aa=None, act_attention="",
-                 act_reduction=16, **kwargs):
-        super().__init__(in_channels, out_channels, **kwargs)
-        self._add_attention(("conv2",), out_channels, aw, aa, act_attention, act_reduction)
-
-    def forward(self, x):
-        out = F.relu_(self.conv1(x))
-        out = F.relu_(self.conv2(out))
-        return self._residual(self.conv3(out), x)
+def attention_defaults():
+    """``{"aw": {...}, "aa": {...}, "act_attention": {...}}``: the defaults of the backbone
+    settings of MODEL.AW, MODEL.AA and MODEL.ACT_ATTENTION from ``add_aw_config`` (the one place
+    they are born), keys in lower case, as :func:`attention_resnet` takes them."""
+    return copy.deepcopy(_defaults())
 
 
-class AttentionBasicBlock(_AttentionMixin, BasicBlock):
-    """Detectron2's BasicBlock (R-18/34); both 3x3 convs may be AW and/or AA, the output
-    SE/CBAM."""
-
-    def __init__(self, in_channels, out_channels, *, aw=None, aa=None, act_attention="",
-                 act_reduction=16, **kwargs):
-        super().__init__(in_channels, out_channels, **kwargs)
-        self._add_attention(("conv1", "conv2"), out_channels, aw, aa, act_attention,
-                            act_reduction)
-
-    def forward(self, x):
-        out = F.relu_(self.conv1(x))
-        return self._residual(self.conv2(out), x)
+def _settings(arg, given):
+    defaults = attention_defaults()[arg]
+    given = _plain(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{arg}: unknown setting(s) {unknown}; the backbone's settings are "
+                          f"{sorted(defaults)} (those of MODEL.{ATTENTION_SECTIONS[arg]}, in "
+                          "lower case)")
+    return {**defaults, **given}
 
 
-def _stage_attention(cfg, stage):
-    """Block kwargs for the attention of one stage ({} when it has none)."""
-    kwargs = {}
-    if cfg.MODEL.AW.ENABLED and stage in cfg.MODEL.AW.STAGES:
-        kwargs["aw"] = dict(reduction=cfg.MODEL.AW.REDUCTION,
-                            attention_groups=cfg.MODEL.AW.ATTENTION_GROUPS)
-    if cfg.MODEL.AA.ENABLED and stage in cfg.MODEL.AA.STAGES:
-        kwargs["aa"] = dict(heads=cfg.MODEL.AA.HEADS, kappa=cfg.MODEL.AA.KAPPA,
-                            nu=cfg.MODEL.AA.NU, max_size=cfg.MODEL.AA.MAX_SIZE)
-    act = cfg.MODEL.ACT_ATTENTION
-    if act.TYPE and stage in act.STAGES:
-        kwargs["act_attention"] = act.TYPE
-        kwargs["act_reduction"] = act.REDUCTION
-    return kwargs
-
-
-def _check_stages(cfg):
+def _check_stages(aw, aa, act_attention, freeze_at):
     for key, enabled, stages in (
-        ("MODEL.AW.STAGES", cfg.MODEL.AW.ENABLED, cfg.MODEL.AW.STAGES),
-        ("MODEL.AA.STAGES", cfg.MODEL.AA.ENABLED, cfg.MODEL.AA.STAGES),
-        ("MODEL.ACT_ATTENTION.STAGES", bool(cfg.MODEL.ACT_ATTENTION.TYPE),
-         cfg.MODEL.ACT_ATTENTION.STAGES),
+        ("MODEL.AW.STAGES", aw["enabled"], aw["stages"]),
+        ("MODEL.AA.STAGES", aa["enabled"], aa["stages"]),
+        ("MODEL.ACT_ATTENTION.STAGES", bool(act_attention["type"]), act_attention["stages"]),
     ):
         if not enabled:
             continue
         for stage in stages:
             if stage not in STAGE_NAMES:
                 raise ConfigError(f"{key}: unknown stage {stage!r}; use some of {STAGE_NAMES}")
-            if STAGE_NAMES.index(stage) + 2 <= cfg.MODEL.BACKBONE.FREEZE_AT:
+            if STAGE_NAMES.index(stage) + 2 <= freeze_at:
                 raise ConfigError(
-                    f"{key} has {stage}, but MODEL.BACKBONE.FREEZE_AT="
-                    f"{cfg.MODEL.BACKBONE.FREEZE_AT} freezes it, so its attention could not "
-                    f"train. Remove {stage} or lower FREEZE_AT."
+                    f"{key} has {stage}, but MODEL.BACKBONE.FREEZE_AT={freeze_at} freezes it, "
+                    f"so its attention could not train. Remove {stage} or lower FREEZE_AT."
                 )
     try:
-        create_act_attention(cfg.MODEL.ACT_ATTENTION.TYPE, 8)  # validates the name early
+        create_act_attention(act_attention["type"], 8)  # validates the name early
     except ValueError as e:
         raise ConfigError(str(e)) from e
 
 
-@BACKBONE_REGISTRY.register()
-def build_aw_resnet_backbone(cfg, input_shape):
-    """Detectron2's ResNet with attention blocks in the configured stages."""
-    _check_stages(cfg)
-    res = cfg.MODEL.RESNETS
-    depth = res.DEPTH
-    stem = BasicStem(in_channels=input_shape.channels, out_channels=res.STEM_OUT_CHANNELS,
-                     norm=res.NORM)
-    num_blocks_per_stage = {
-        18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3],
-        152: [3, 8, 36, 3],
-    }[depth]
-    basic = depth in (18, 34)
-    if basic and (res.RES2_OUT_CHANNELS != 64 or res.RES5_DILATION != 1 or res.NUM_GROUPS != 1
-                  or any(res.DEFORM_ON_PER_STAGE)):
-        raise ConfigError("R18/R34 need RESNETS.RES2_OUT_CHANNELS=64, RES5_DILATION=1, "
-                         "NUM_GROUPS=1 and no DEFORM_ON_PER_STAGE")
-    if res.RES5_DILATION not in (1, 2):
-        raise ConfigError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {res.RES5_DILATION}")
+def _stage_attention(aw, aa, act_attention, stage):
+    """Block kwargs for the attention of one stage ({} when it has none)."""
+    kwargs = {}
+    if aw["enabled"] and stage in aw["stages"]:
+        kwargs["aw"] = dict(reduction=aw["reduction"], attention_groups=aw["attention_groups"])
+    if aa["enabled"] and stage in aa["stages"]:
+        kwargs["aa"] = dict(heads=aa["heads"], kappa=aa["kappa"], nu=aa["nu"],
+                            max_size=aa["max_size"])
+    if act_attention["type"] and stage in act_attention["stages"]:
+        kwargs["act_attention"] = act_attention["type"]
+        kwargs["act_reduction"] = act_attention["reduction"]
+    return kwargs
 
-    in_channels, out_channels = res.STEM_OUT_CHANNELS, res.RES2_OUT_CHANNELS
-    bottleneck_channels = res.NUM_GROUPS * res.WIDTH_PER_GROUP
+
+def attention_resnet(*, depth=50, in_channels=3, stem_out_channels=64, res2_out_channels=256,
+                     num_groups=1, width_per_group=64, stride_in_1x1=True, res5_dilation=1,
+                     norm="FrozenBN", deform_on_per_stage=(False, False, False, False),
+                     deform_modulated=False, deform_num_groups=1,
+                     out_features=("res2", "res3", "res4", "res5"), freeze_at=0,
+                     aw=None, aa=None, act_attention=None):
+    """Detectron2's ResNet with attention blocks in the configured stages.
+
+    The arguments are Detectron2's ``MODEL.RESNETS`` options (lower case) plus ``freeze_at``;
+    ``aw``, ``aa`` and ``act_attention`` are dicts with the keys of ``MODEL.AW``, ``MODEL.AA``
+    and ``MODEL.ACT_ATTENTION`` that shape the network (``BACKBONE_KEYS``), in lower case (e.g.
+    ``aw=dict(enabled=True, attention_groups=8)``); keys left out take ``add_aw_config``'s
+    defaults. With every
+    attention off this is exactly Detectron2's ``build_resnet_backbone``.
+    """
+    aw, aa, act_attention = (_settings("aw", aw), _settings("aa", aa),
+                             _settings("act_attention", act_attention))
+    _check_stages(aw, aa, act_attention, freeze_at)
+    if depth not in BLOCKS_PER_STAGE:
+        raise ConfigError(f"MODEL.RESNETS.DEPTH must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}")
+    deform_on_per_stage = list(deform_on_per_stage)
+    basic = depth in (18, 34)
+    if basic and (res2_out_channels != 64 or res5_dilation != 1 or num_groups != 1
+                  or any(deform_on_per_stage)):
+        raise ConfigError("R18/R34 need RESNETS.RES2_OUT_CHANNELS=64, RES5_DILATION=1, "
+                          "NUM_GROUPS=1 and no DEFORM_ON_PER_STAGE")
+    if res5_dilation not in (1, 2):
+        raise ConfigError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {res5_dilation}")
+
+    stem = BasicStem(in_channels=in_channels, out_channels=stem_out_channels, norm=norm)
+    channels_in, channels_out = stem_out_channels, res2_out_channels
+    bottleneck_channels = num_groups * width_per_group
     stages = []
     for idx, stage in enumerate(STAGE_NAMES):
-        dilation = res.RES5_DILATION if stage == "res5" else 1
+        dilation = res5_dilation if stage == "res5" else 1
         first_stride = 1 if idx == 0 or (stage == "res5" and dilation == 2) else 2
+        num_blocks = BLOCKS_PER_STAGE[depth][idx]
         kwargs = {
-            "num_blocks": num_blocks_per_stage[idx],
-            "stride_per_block": [first_stride] + [1] * (num_blocks_per_stage[idx] - 1),
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "norm": res.NORM,
+            "num_blocks": num_blocks,
+            "stride_per_block": [first_stride] + [1] * (num_blocks - 1),
+            "in_channels": channels_in,
+            "out_channels": channels_out,
+            "norm": norm,
         }
         if not basic:
-            kwargs.update(bottleneck_channels=bottleneck_channels,
-                          stride_in_1x1=res.STRIDE_IN_1X1, dilation=dilation,
-                          num_groups=res.NUM_GROUPS)
-        attention = _stage_attention(cfg, stage)
-        if attention and res.DEFORM_ON_PER_STAGE[idx]:
+            kwargs.update(bottleneck_channels=bottleneck_channels, stride_in_1x1=stride_in_1x1,
+                          dilation=dilation, num_groups=num_groups)
+        attention = _stage_attention(aw, aa, act_attention, stage)
+        if attention and deform_on_per_stage[idx]:
             raise ConfigError(f"{stage}: deformable conv and attention cannot share a stage")
         if attention:
             kwargs["block_class"] = AttentionBasicBlock if basic else AttentionBottleneckBlock
             kwargs.update(attention)
         elif basic:
             kwargs["block_class"] = BasicBlock
-        elif res.DEFORM_ON_PER_STAGE[idx]:
-            kwargs.update(block_class=DeformBottleneckBlock,
-                          deform_modulated=res.DEFORM_MODULATED,
-                          deform_num_groups=res.DEFORM_NUM_GROUPS)
+        elif deform_on_per_stage[idx]:
+            kwargs.update(block_class=DeformBottleneckBlock, deform_modulated=deform_modulated,
+                          deform_num_groups=deform_num_groups)
         else:
             kwargs["block_class"] = BottleneckBlock
         try:
@@ -202,21 +183,29 @@ def build_aw_resnet_backbone(cfg, input_shape):
             raise
         except ValueError as e:  # a layer refusing its arguments, e.g. ATTENTION_GROUPS
             raise ConfigError(f"{stage}: {e}; check MODEL.AW / MODEL.AA") from e
-        in_channels = out_channels
-        out_channels *= 2
+        channels_in = channels_out
+        channels_out *= 2
         bottleneck_channels *= 2
-    return ResNet(stem, stages, out_features=res.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    return ResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at)
+
+
+def resnet_arguments(cfg, input_shape):
+    """:func:`attention_resnet`'s arguments from a YAML config (MODEL.RESNETS, MODEL.BACKBONE,
+    MODEL.AW, MODEL.AA, MODEL.ACT_ATTENTION)."""
+    res = cfg.MODEL.RESNETS
+    return dict(
+        depth=res.DEPTH, in_channels=input_shape.channels, stem_out_channels=res.STEM_OUT_CHANNELS,
+        res2_out_channels=res.RES2_OUT_CHANNELS, num_groups=res.NUM_GROUPS,
+        width_per_group=res.WIDTH_PER_GROUP, stride_in_1x1=res.STRIDE_IN_1X1,
+        res5_dilation=res.RES5_DILATION, norm=res.NORM,
+        deform_on_per_stage=res.DEFORM_ON_PER_STAGE, deform_modulated=res.DEFORM_MODULATED,
+        deform_num_groups=res.DEFORM_NUM_GROUPS, out_features=res.OUT_FEATURES,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        **{arg: _section(cfg, arg) for arg in ATTENTION_SECTIONS},
+    )
 
 
 @BACKBONE_REGISTRY.register()
-def build_aw_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """Detectron2's FPN over :func:`build_aw_resnet_backbone`."""
-    bottom_up = build_aw_resnet_backbone(cfg, input_shape)
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+def build_aw_resnet_backbone(cfg, input_shape: ShapeSpec):
+    """Detectron2's ResNet with attention blocks in the configured stages (YAML configs)."""
+    return attention_resnet(**resnet_arguments(cfg, input_shape))

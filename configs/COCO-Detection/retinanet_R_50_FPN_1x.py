@@ -1,0 +1,12 @@
+# Twin of retinanet_R_50_FPN_1x.yaml in Detectron2's LazyConfig layout (train it with
+# tools/lazyconfig_train_net.py).
+from ..common.coco_schedule import lr_multiplier_1x as lr_multiplier
+from ..common.data.coco import dataloader
+from ..common.models.retinanet import model
+from ..common.optim import SGD as optimizer
+from ..common.train import train
+
+dataloader.train.mapper.use_instance_mask = False
+model.backbone.bottom_up.freeze_at = 2
+optimizer.lr = 0.01  # RetinaNet's model-zoo learning rate
+train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"

@@ -1,0 +1,213 @@
+"""LazyConfig: every .py config builds the model of its YAML twin, with the same schedule and
+data settings, and trains with tools/lazyconfig_train_net.py."""
+import glob
+import json
+import numbers
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.modeling import build_model
+from detectron2.solver import build_lr_scheduler
+from detectron2.utils.testing import assert_instances_allclose
+
+from aw_detection.config import load_config
+from aw_detection.errors import ConfigError, UserError
+from aw_detection.lazy_config import load_lazy_config
+from aw_detection.modeling import attention_resnet
+
+from .conftest import ROOT, run_tool
+from .test_detectors import activate_attention
+
+CONFIGS = os.path.join(ROOT, "configs")
+TWINS = sorted(p for p in glob.glob(f"{CONFIGS}/**/*.py", recursive=True) if "/common/" not in p)
+# Instantiated in full (on the meta device: no memory, no initialisation cost): the demo
+# twins, every COCO variant at R-50 1x and every COCO baseline. The other COCO variants are
+# checked to be those baselines plus the same lines (test_every_variant_twin_...).
+BUILT = [p for p in TWINS if "/demo/" in p or "_R_50_FPN_1x" in p or re.search(r"FPN_\dx\.py$", p)]
+
+
+def _rel(path):
+    return os.path.relpath(path, CONFIGS)
+
+
+def test_every_detector_yaml_config_has_a_lazy_twin():
+    yamls = sorted(glob.glob(f"{CONFIGS}/COCO-*/*.yaml") + glob.glob(f"{CONFIGS}/demo/*.yaml"))
+    assert len(yamls) == 124 and [p[:-5] for p in yamls] == [p[:-3] for p in TWINS]
+
+
+_SKIP = object()
+
+
+def _plain(value):
+    """A module attribute as comparable data: numbers, strings, lists, dicts; objects (Matcher,
+    Box2BoxTransform, ...) by their attributes; submodules and callables skipped."""
+    if isinstance(value, torch.nn.Module) or callable(value):
+        return _SKIP
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape)) if value.device.type == "meta" else value.tolist()
+    if value is None or isinstance(value, (numbers.Number, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence):
+        items = [_plain(v) for v in value]
+        return _SKIP if any(v is _SKIP for v in items) else items
+    if hasattr(value, "__dict__"):
+        return _plain({k: v for k, v in vars(value).items() if not k.startswith("_")})
+    return repr(value)
+
+
+def module_settings(model):
+    """{module.attribute: value} for every plain attribute of every submodule: thresholds,
+    loss settings, strides, ... (what parameter shapes do not show)."""
+    out = {}
+    for name, module in model.named_modules():
+        for key, value in vars(module).items():
+            value = _plain(value)
+            if not key.startswith("_") and key != "training" and value is not _SKIP:
+                out[f"{name}.{key}"] = value
+        if name.endswith("box_predictor"):
+            # The YAML path lists only loss_box_reg, the lazy one both; a missing key is 1.0.
+            weights = out[f"{name}.loss_weight"]
+            out[f"{name}.loss_weight"] = {k: weights.get(k, 1.0) for k in ("loss_cls", "loss_box_reg")}
+    return out
+
+
+def _yaml_model(py, device, opts=()):
+    return build_model(load_config(py[:-3] + ".yaml", ["MODEL.DEVICE", device, *opts]))
+
+
+@pytest.mark.parametrize("py", BUILT, ids=_rel)
+def test_lazy_twin_builds_the_yaml_model(py):
+    lazy = LazyConfig.load(py)
+    with torch.device("meta"):
+        ours, yaml_model = instantiate(lazy.model), _yaml_model(py, "meta")
+    assert type(ours) is type(yaml_model)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == \
+        {k: v.shape for k, v in yaml_model.state_dict().items()}
+    assert module_settings(ours) == module_settings(yaml_model)
+
+
+def _body(path):
+    lines = open(path).read().splitlines()
+    return [line for line in lines if line and not line.startswith(("#", "from "))]
+
+
+def test_every_variant_twin_is_its_baseline_plus_the_r50_1x_lines():
+    pattern = re.compile(r"(.*/(\w+)_R_(\d+)_FPN_(\dx))(_\w+)\.py$")
+    checked = 0
+    for py in TWINS:
+        match = pattern.match(py)
+        if not match or py in BUILT:
+            continue
+        base, detector, variant = match.group(1), match.group(2), match.group(5)
+        assert f"from .{os.path.basename(base)} import" in open(py).read(), py
+        r50 = f"{os.path.dirname(py)}/{detector}_R_50_FPN_1x{variant}.py"
+        assert _body(py) == _body(r50), py
+        checked += 1
+    assert checked == 3 * 3 * 8  # detectors x (R-50 3x, R-101 1x, R-101 3x) x variants
+
+
+def _scheduler_values(cfg, lazy):
+    """LR multipliers of the YAML and the lazy schedule at the iterations where they change."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    yaml_schedule = build_lr_scheduler(cfg, optimizer)._multiplier
+    lazy_schedule = instantiate(lazy.lr_multiplier)
+    max_iter = cfg.SOLVER.MAX_ITER
+    points = sorted({0, 1, cfg.SOLVER.WARMUP_ITERS - 1, cfg.SOLVER.WARMUP_ITERS, max_iter - 1,
+                     *cfg.SOLVER.STEPS, *(s - 1 for s in cfg.SOLVER.STEPS)})
+    return ([yaml_schedule(i / max_iter) for i in points],
+            [lazy_schedule(i / lazy.train.max_iter) for i in points])
+
+
+@pytest.mark.parametrize("py", [p for p in TWINS if re.search(r"(FPN_\dx|shapes_\w*R_18_FPN)\.py$", p)],
+                         ids=_rel)
+def test_lazy_twin_has_the_yaml_schedule_and_data(py):
+    cfg = load_config(py[:-3] + ".yaml")
+    lazy = LazyConfig.load(py)
+    optimizer = {"SGD": "SGD", "ADAMW": "AdamW"}[cfg.SOLVER.OPTIMIZER.upper()]
+    assert lazy.optimizer._target_.__name__ == optimizer
+    assert lazy.optimizer.lr == cfg.SOLVER.BASE_LR
+    assert lazy.optimizer.weight_decay == cfg.SOLVER.WEIGHT_DECAY
+    assert lazy.train.max_iter == cfg.SOLVER.MAX_ITER
+    assert lazy.train.init_checkpoint == cfg.MODEL.WEIGHTS
+    assert lazy.dataloader.train.total_batch_size == cfg.SOLVER.IMS_PER_BATCH
+    yaml_values, lazy_values = _scheduler_values(cfg, lazy)
+    assert lazy_values == pytest.approx(yaml_values)
+    assert lazy.dataloader.train.dataset.names in (cfg.DATASETS.TRAIN[0], list(cfg.DATASETS.TRAIN))
+    assert lazy.dataloader.test.dataset.names in (cfg.DATASETS.TEST[0], list(cfg.DATASETS.TEST))
+    resize = lazy.dataloader.train.mapper.augmentations[0]
+    assert tuple(resize.short_edge_length) == tuple(cfg.INPUT.MIN_SIZE_TRAIN)
+    assert resize.max_size == cfg.INPUT.MAX_SIZE_TRAIN
+    resize = lazy.dataloader.test.mapper.augmentations[0]
+    assert (resize.short_edge_length, resize.max_size) == (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    assert lazy.dataloader.train.mapper.use_instance_mask == cfg.MODEL.MASK_ON
+
+
+def _no_score_threshold(model):
+    if hasattr(model, "roi_heads"):
+        model.roi_heads.box_predictor.test_score_thresh = 0.0
+    else:
+        model.test_score_thresh = 0.0
+    return model
+
+
+@pytest.mark.parametrize("name,size", [
+    ("demo/shapes_R_18_FPN_aa_aw", (160, 224)),
+    ("demo/shapes_retinanet_R_18_FPN_se_aw", (160, 224)),
+    ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_aw_lite", (128, 160)),
+])
+def test_lazy_twin_computes_what_the_yaml_model_computes(name, size):
+    py = f"{CONFIGS}/{name}.py"
+    torch.manual_seed(0)
+    yaml_model = _no_score_threshold(_yaml_model(py, "cpu"))
+    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(1)) * 255
+    activate_attention(yaml_model, [{"image": image}])  # A != 0
+    lazy_model = _no_score_threshold(instantiate(LazyConfig.load(py).model)).eval()
+    lazy_model.load_state_dict(yaml_model.state_dict())  # strict
+    with torch.no_grad():
+        tensor = yaml_model.preprocess_image([{"image": image}]).tensor
+        features = yaml_model.backbone(tensor), lazy_model.backbone(tensor)
+        outputs = yaml_model([{"image": image}]), lazy_model([{"image": image}])
+    assert all(torch.equal(features[0][k], features[1][k]) for k in features[0])
+    expected, got = (out[0]["instances"] for out in outputs)
+    assert len(expected) > 0
+    assert_instances_allclose(got, expected, rtol=0)
+
+
+def test_attention_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"aw: unknown setting\(s\) \['enabeld'\]"):
+        attention_resnet(depth=18, res2_out_channels=64, aw=dict(enabeld=True))
+    with pytest.raises(ConfigError, match="FREEZE_AT=2 freezes it"):
+        attention_resnet(freeze_at=2, aw=dict(enabled=True, stages=["res2"]))
+    with pytest.raises(UserError, match="train has no 'max_iters'. Did you mean max_iter"):
+        load_lazy_config(f"{CONFIGS}/demo/shapes_R_18_FPN.py", ["train.max_iters=3"])
+    # an argument the LazyCall'd callable takes is a valid new key
+    cfg = load_lazy_config(f"{CONFIGS}/demo/shapes_R_18_FPN.py",
+                           ["model.roi_heads.box_predictor.test_topk_per_image=50"])
+    assert cfg.model.roi_heads.box_predictor.test_topk_per_image == 50
+
+
+def test_lazy_training_and_the_yaml_twin_agree(tiny_shapes, tmp_path):
+    """A few iterations with tools/lazyconfig_train_net.py; the checkpoint then evaluates to
+    the same AP through the YAML twin and tools/train_net.py (strict loading: same names)."""
+    lazy_out, yaml_out = str(tmp_path / "lazy"), str(tmp_path / "yaml")
+    run_tool("lazyconfig_train_net.py", "--config-file", f"{CONFIGS}/demo/shapes_R_18_FPN_aa_aw.py",
+             *tiny_shapes["args"], "dataloader.train.dataset.names=tiny_train",
+             "dataloader.test.dataset.names=tiny_val", "dataloader.train.num_workers=0",
+             "dataloader.test.num_workers=0", "train.max_iter=3", f"train.output_dir={lazy_out}",
+             "model.roi_heads.box_predictor.test_score_thresh=0.0")
+    assert os.path.exists(os.path.join(lazy_out, "model_final.pth"))
+    assert os.path.exists(os.path.join(lazy_out, "config.yaml"))
+    assert any("total_loss" in json.loads(line) for line in open(os.path.join(lazy_out, "metrics.json")))
+    run_tool("train_net.py", "--eval-only", "--config-file", f"{CONFIGS}/demo/shapes_R_18_FPN_aa_aw.yaml",
+             *tiny_shapes["args"], "DATASETS.TRAIN", "('tiny_train',)", "DATASETS.TEST", "('tiny_val',)",
+             "DATALOADER.NUM_WORKERS", "0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+             "MODEL.WEIGHTS", os.path.join(lazy_out, "model_final.pth"), "OUTPUT_DIR", yaml_out)
+    lazy_ap = json.load(open(os.path.join(lazy_out, "eval_results.json")))["tiny_val"]["bbox"]
+    yaml_ap = json.load(open(os.path.join(yaml_out, "eval_results.json")))["tiny_val"]["bbox"]
+    assert lazy_ap == yaml_ap
