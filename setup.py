@@ -10,5 +10,5 @@ setup(
     python_requires=">=3.9",
     # torch, torchvision and Detectron2 are installed by scripts/setup_env.sh (see README):
     # there is no Detectron2 distribution a resolver could pick up on its own.
-    install_requires=["fvcore", "pycocotools", "matplotlib", "Pillow", "numpy", "tabulate"],
+    install_requires=["fvcore", "pycocotools", "matplotlib", "Pillow", "numpy", "tabulate", "scipy"],
 )

@@ -1,6 +1,7 @@
 """Classification pre-training and ResNet weights from elsewhere: train + evaluate through
 tools/train_classification.py, its checkpoint in the detectors tensor for tensor, torchvision
 state dicts value for value (and output for output), and the input errors."""
+import argparse
 import logging
 import os
 
@@ -11,7 +12,7 @@ from detectron2.modeling import build_model
 
 from aw_detection.backbone_weights import TORCHVISION_SETTINGS, apply_torchvision_settings
 from aw_detection.checkpoint import AWCheckpointer
-from aw_detection.classification import check_image_folder, evaluate_classifier
+from aw_detection.classification import check_image_folder, evaluate_classifier, setup_classification
 from aw_detection.classification.data import ClassificationFolder, _collate, _transform
 from aw_detection.classification.shapes import generate_shapes_classification
 from aw_detection.config import load_config
@@ -234,9 +235,13 @@ def test_cli_errors_without_traceback(tmp_path, tiny_folder):
                     "--data-dir", str(tmp_path / "missing"), check=False)
     assert proc.returncode == 2 and "error: image folder" in proc.stderr and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run_tool("train_classification.py", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
-                    "--data-dir", tiny_folder, check=False)
-    assert proc.returncode == 2 and "is not a classification config" in proc.stderr
-    proc = run_tool("train_classification.py", "--config-file", f"{CLS}/shapes_R_18.yaml",
-                    "--data-dir", tiny_folder, "MODEL.CLASSIFIER.NUM_CLASSES", "7", check=False)
-    assert proc.returncode == 2 and "NUM_CLASSES=7 but the image folder has 5 classes" in proc.stderr
+    def setup(config, *opts):
+        args = argparse.Namespace(config_file=config, data_dir=tiny_folder,
+                                  opts=[*opts, "OUTPUT_DIR", str(tmp_path / "out")],
+                                  eval_only=False, resume=False)
+        return setup_classification(args)
+
+    with pytest.raises(UserError, match="is not a classification config"):
+        setup(f"{DEMO}/shapes_R_18_FPN.yaml")
+    with pytest.raises(UserError, match="NUM_CLASSES=7 but the image folder has 5 classes"):
+        setup(f"{CLS}/shapes_R_18.yaml", "MODEL.CLASSIFIER.NUM_CLASSES", "7")

@@ -39,8 +39,10 @@ def main():
 
     with user_errors(args.debug):
         spec = load_spec(args.spec)
+        if args.seeds:
+            spec["seeds"] = args.seeds
         output = os.path.abspath(args.output or os.path.join(ROOT, "output", "studies", spec["name"]))
-        pretrain, arms = plan_runs(spec, output, args.opts, args.seeds)
+        pretrain, arms = plan_runs(spec, output, args.opts)
         if args.dry_run:
             from aw_detection.study import run_state
             for run in pretrain + arms:
