@@ -9,7 +9,7 @@ from detectron2.layers import Conv2d, get_norm
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from aw_detection.layers import AWConv2d, aw_conv2d_reference, flop_count
-from aw_detection.layers.aw_conv import PATHS, _modulate, select_path
+from aw_detection.layers.aw_conv import PATHS, _modulate, select_path, set_expand_dtype
 
 
 def _paths(batch):
@@ -211,6 +211,30 @@ def test_bf16_autocast_on_cpu_keeps_attention_float32(batch):
         assert out.dtype == torch.bfloat16
         assert layer.generator.expand.weight.grad.dtype == torch.float32
         torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05, msg=path)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_bf16_expand_option(batch):
+    """expand stored in bfloat16: same names and shapes, A rounded to bfloat16 (error relative
+    to |A|), inference only."""
+    layer = _randomised(AWConv2d(16, 16, 3, padding=1), std=0.1)
+    x = torch.randn(batch, 16, 12, 12)
+    with torch.no_grad():
+        expected, a = layer(x), layer.attention(x)
+        keys = {k: v.shape for k, v in layer.state_dict().items()}
+        assert set_expand_dtype(torch.nn.Sequential(layer, torch.nn.ReLU()), torch.bfloat16) == 1
+        assert layer.generator.expand.weight.dtype == torch.bfloat16
+        assert {k: v.shape for k, v in layer.state_dict().items()} == keys
+        out = layer(x)
+        a16 = layer.attention(x)
+    assert a16.dtype == torch.float32 and 0 < (a16 - a).abs().max() <= 2 ** -7 * a.abs().max()
+    assert out.dtype == torch.float32 and not torch.equal(out, expected)
+    torch.testing.assert_close(out, expected, atol=2 ** -7 * a.abs().max() * expected.abs().max(),
+                               rtol=0)
+    with pytest.raises(RuntimeError, match="generator.expand is stored in torch.bfloat16"):
+        layer(x)
+    set_expand_dtype(layer, torch.float32)
+    layer(x).sum().backward()
 
 
 def test_flop_count_is_conv_plus_generator():
