@@ -18,6 +18,7 @@ import traceback
 import torch
 
 __all__ = [
+    "CLOCKS",
     "PeakMemoryError",
     "RESNET50_3X3_SHAPES",
     "aa_memory_benchmark",
@@ -37,9 +38,18 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(candidates, iters=10, warmup=2, device="cpu"):
+# "wall": elapsed time. "cpu": CPU time of this process, all its threads (spin-waits included):
+# on a machine shared with other jobs it measures the work rather than the waiting for a core;
+# most telling with one thread (OMP_NUM_THREADS=1).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_interleaved(candidates, iters=10, warmup=2, device="cpu", clock="wall"):
     """Median seconds per call of each ``name -> fn``. Every round runs each candidate once,
     in a rotating order, so drift in machine speed hits all of them alike."""
+    if clock == "cpu" and torch.device(device).type != "cpu":
+        raise ValueError(f"clock='cpu' measures CPU work; use clock='wall' on {device}")
+    now = CLOCKS[clock]
     names = list(candidates)
     for _ in range(warmup):
         for name in names:
@@ -48,10 +58,10 @@ def time_interleaved(candidates, iters=10, warmup=2, device="cpu"):
     times = {name: [] for name in names}
     for i in range(iters):
         for name in names[i % len(names):] + names[:i % len(names)]:
-            start = time.perf_counter()
+            start = now()
             candidates[name]()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(now() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -138,7 +148,7 @@ def peak_memory_mb(make_fn, *args, device="cpu", timeout=600):
 
 
 def layer_benchmark(batch_sizes=(1, 2, 4), iters=10, device="cpu", attention_groups=(0, 8),
-                    shapes=RESNET50_3X3_SHAPES, paths=(None,), expand_bf16=False):
+                    shapes=RESNET50_3X3_SHAPES, paths=(None,), expand_bf16=False, clock="wall"):
     """AWConv2d against nn.Conv2d at ``shapes`` (stage, C, H, W); one row per setting.
 
     "forward" runs under no_grad. "forward+backward" is the step a network runs: the input
@@ -168,7 +178,7 @@ def layer_benchmark(batch_sizes=(1, 2, 4), iters=10, device="cpu", attention_gro
                 steps = {k: _layer_step(v, x, mode == "forward") for k, v in layers.items()
                          if not (k.endswith(" plain") and n > 1)
                          and not (k.endswith("bf16 expand") and mode != "forward")}
-                seconds = time_interleaved(steps, iters, device=device)
+                seconds = time_interleaved(steps, iters, device=device, clock=clock)
                 for name, s in seconds.items():
                     rows.append({"stage": stage, "batch": n, "mode": mode, "layer": name,
                                  "ms": 1000 * s, "ratio": s / seconds["conv"]})
@@ -206,14 +216,14 @@ def _make_aa_step(channels, h, w, impl, device="cpu"):
     return run
 
 
-def aa_memory_benchmark(iters=5, device="cpu", stages=RESNET50_3X3_SHAPES[1:]):
+def aa_memory_benchmark(iters=5, device="cpu", stages=RESNET50_3X3_SHAPES[1:], clock="wall"):
     """AAConv2d (one image, stride 1) with fused SDPA, with an explicit softmax, and with the
     naive (HW, HW, d) relative embedding: median ms and peak extra memory."""
     rows = []
     for stage, c, h, w in stages:
         steps = {impl: _make_aa_step(c, h, w, impl, device)
                  for impl in ("fused", "explicit", "naive")}
-        seconds = time_interleaved(steps, iters, warmup=1, device=device)
+        seconds = time_interleaved(steps, iters, warmup=1, device=device, clock=clock)
         for impl in ("fused", "explicit", "naive"):
             peak, error = _peak_or_error(_make_aa_step, c, h, w, impl, device, device=device)
             rows.append({"stage": stage, "size": f"{h}x{w}", "impl": impl, "ms": 1000 * seconds[impl],
@@ -287,7 +297,7 @@ def _make_model_step(cfg, batch_size, train, expand_dtype=None):
 
 
 def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory=True,
-                    expand_dtype=None):
+                    expand_dtype=None, clock="wall"):
     """One row per (name, cfg): params, GFLOPs, median s/iter (interleaved), ratio, peak MiB
     (None with ``peak_memory_error`` when that measurement failed). ``expand_dtype``
     (inference only) stores AW generators' ``expand`` weights in that dtype."""
@@ -305,7 +315,7 @@ def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory
         steps[name] = _model_step(model, synthetic_batch(cfg, batch_size, train), train)
         rows.append({"config": name, "params": stats["params"], "gflops": stats["gflops"],
                      "input": stats["input"]})
-    seconds = time_interleaved(steps, iters, device=device)
+    seconds = time_interleaved(steps, iters, device=device, clock=clock)
     first = seconds[rows[0]["config"]]
     for row, (name, cfg) in zip(rows, named_cfgs):
         row.update(task=task, batch_size=batch_size, device=device,

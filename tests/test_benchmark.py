@@ -113,3 +113,16 @@ def test_peak_memory_child_that_raises_reports_the_reason():
 def test_peak_memory_child_that_dies_or_hangs_does_not_block(make_fn, args, timeout, reason):
     with pytest.raises(PeakMemoryError, match=reason):
         peak_memory_mb(make_fn, *args, timeout=timeout)
+
+
+def test_cpu_clock_counts_work_not_waiting():
+    def busy():
+        end = time.process_time() + 0.03
+        while time.process_time() < end:
+            pass
+    candidates = {"sleep": lambda: time.sleep(0.03), "busy": busy}
+    wall = time_interleaved(candidates, iters=3, warmup=0)
+    cpu = time_interleaved(candidates, iters=3, warmup=0, clock="cpu")
+    assert wall["sleep"] >= 0.03 and cpu["sleep"] < 0.01 <= 0.03 <= cpu["busy"]
+    with pytest.raises(ValueError, match="clock='cpu' measures CPU work"):
+        time_interleaved(candidates, device="cuda", clock="cpu")

@@ -15,7 +15,7 @@ import torch
 from tabulate import tabulate
 
 import aw_detection  # noqa: F401  (registers backbones)
-from aw_detection.benchmark import aa_memory_benchmark, layer_benchmark, model_benchmark
+from aw_detection.benchmark import CLOCKS, aa_memory_benchmark, layer_benchmark, model_benchmark
 from aw_detection.config import load_config
 from aw_detection.layers.aw_conv import PATHS
 
@@ -33,23 +33,28 @@ def main():
                    help="layer task: AWConv2d formulations to time (default: the policy's)")
     p.add_argument("--expand-bf16", action="store_true",
                    help="layer and inference tasks: AW generators' expand weights in bfloat16")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: elapsed time; cpu: CPU time of this process (a shared machine; "
+                        "best with OMP_NUM_THREADS=1)")
     p.add_argument("--output", help="write the rows as JSON")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every config")
     args = p.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    header = f"{device}, {torch.get_num_threads()} threads, median of {args.iters}"
+    if args.clock == "cpu" and device != "cpu":
+        p.error("--clock cpu measures CPU work; use --clock wall on a GPU")
+    header = f"{device}, {torch.get_num_threads()} threads, median {args.clock} time of {args.iters}"
 
     if args.task == "layer":
         paths = [None if name == "default" else name for name in args.paths]
         rows = layer_benchmark(args.batch_sizes, args.iters, device, paths=paths,
-                               expand_bf16=args.expand_bf16)
+                               expand_bf16=args.expand_bf16, clock=args.clock)
         print(f"AWConv2d vs nn.Conv2d, ResNet-50 3x3 shapes at 800x1067, {header}; "
               "forward+backward computes the input gradient too")
         table = [[r["stage"], r["batch"], r["mode"], r["layer"], f'{r["ms"]:.1f}', f'{r["ratio"]:.2f}x']
                  for r in rows]
         headers = ["stage", "N", "mode", "layer", "ms", "vs conv"]
     elif args.task == "aa":
-        rows = aa_memory_benchmark(args.iters, device)
+        rows = aa_memory_benchmark(args.iters, device, clock=args.clock)
         print(f"AAConv2d (8 heads, kappa=0.2, nu=0.1, 1 image), {header}")
         table = [[r["stage"], r["size"], r["impl"], f'{r["ms"]:.1f}', _mib(r["peak_mb"])] for r in rows]
         headers = ["stage", "map", "relative logits / attention", "ms", "peak MiB"]
@@ -64,7 +69,7 @@ def main():
             cfg.MODEL.DEVICE = device
             named.append((os.path.splitext(os.path.basename(path))[0], cfg))
         rows = model_benchmark(named, args.task, args.iters, args.batch_size, not args.no_memory,
-                               torch.bfloat16 if args.expand_bf16 else None)
+                               torch.bfloat16 if args.expand_bf16 else None, args.clock)
         h, w = rows[0]["input"]
         print(f"{args.task}, batch {args.batch_size}, GFLOPs at {h}x{w}, {header}")
         table = [[r["config"], f'{r["params"] / 1e6:.2f}', f'{r["gflops"]:.2f}',
