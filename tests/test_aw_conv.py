@@ -9,7 +9,13 @@ from detectron2.layers import Conv2d, get_norm
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from aw_detection.layers import AWConv2d, aw_conv2d_reference, flop_count
-from aw_detection.layers.aw_conv import PATHS, _modulate, select_path, set_expand_dtype
+from aw_detection.layers.aw_conv import (
+    PATHS,
+    _adaptive_avg_pool2d_onnx,
+    _modulate,
+    select_path,
+    set_expand_dtype,
+)
 
 
 def _paths(batch):
@@ -306,3 +312,30 @@ def test_torch_export_with_static_batch_refuses_another():
     torch.testing.assert_close(program(x), layer(x))
     with pytest.raises(Exception, match="size\\(\\)\\[0\\] == 1"):
         program(torch.randn(3, 8, 10, 10))
+
+
+@pytest.mark.parametrize("size", [(2, 3), (9, 11), (50, 67)])
+def test_onnx_pooling_is_adaptive_average_pooling(size):
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    for bins in [(3, 3), (1, 3)]:
+        torch.testing.assert_close(_adaptive_avg_pool2d_onnx(x, bins), F.adaptive_avg_pool2d(x, bins),
+                                   atol=1e-12, rtol=0)
+
+
+def test_onnx_export_is_correct_at_other_batches_and_sizes():
+    """TorchScript-based ONNX export with dynamic batch and image size, run by onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import io
+
+    layer = _randomised(AWConv2d(8, 8, 3, padding=1, groups=2, bias=True)).eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(layer, (torch.randn(1, 8, 10, 10),), f, dynamo=False, opset_version=17,
+                          input_names=["x"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    session = ort.InferenceSession(f.getvalue())
+    for n, h, w in [(1, 10, 10), (1, 13, 7), (3, 9, 12)]:
+        x = torch.randn(n, 8, h, w)
+        out = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+        torch.testing.assert_close(out, aw_conv2d_reference(layer, x), atol=1e-5, rtol=0)

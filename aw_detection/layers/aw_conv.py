@@ -166,6 +166,27 @@ class _Modulate(torch.autograd.Function):
         return grad_weight, grad_hidden, grad_expand_weight, grad_expand_bias, None
 
 
+def _window_means(size, bins, like):
+    """(bins, size) matrix averaging adaptive pooling's windows [floor(i * size / bins),
+    ceil((i + 1) * size / bins)), built from ``size`` at run time (a traced value in exports)."""
+    pos = torch.arange(size, device=like.device)
+    i = torch.arange(bins, device=like.device)
+    start = torch.div(i * size, bins, rounding_mode="floor")
+    end = torch.div((i + 1) * size + bins - 1, bins, rounding_mode="floor")
+    inside = (pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+def _adaptive_avg_pool2d_onnx(x, output_size):
+    """F.adaptive_avg_pool2d as two averaging matrix products, for ONNX: the TorchScript ONNX
+    exporter can only write adaptive pooling to a non-1 size when the input size is static,
+    which would fix the exported model's image size."""
+    h, w = x.shape[-2:]
+    rows = _window_means(h, output_size[0], x)
+    cols = _window_means(w, output_size[1], x)
+    return torch.matmul(torch.matmul(rows, x), cols.t())
+
+
 def _memory_format(x):
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
@@ -202,7 +223,7 @@ def _conv_any_batch(layer, x, weight):
     kernels = weight.unflatten(1, (g, -1)).transpose(0, 1).flatten(0, 2)
     out = F.conv2d(x, kernels, None, layer.stride, layer.padding, layer.dilation, g)
     out = out.unflatten(1, (g, n, -1)).diagonal(0, 0, 2)  # (g, C_out/g, H', W', N)
-    out = out.movedim(-1, 0).flatten(1, 2).contiguous(memory_format=_memory_format(x))
+    out = out.permute(4, 0, 1, 2, 3).flatten(1, 2).contiguous(memory_format=_memory_format(x))
     return out if layer.bias is None else out + layer.bias.view(1, -1, 1, 1)
 
 
@@ -291,7 +312,10 @@ class AWConv2d(nn.Module):
             yield None
 
     def _pooled(self, x, dtype):
-        pooled = F.adaptive_avg_pool2d(x, self.kernel_size)
+        if torch.onnx.is_in_onnx_export():
+            pooled = _adaptive_avg_pool2d_onnx(x, self.kernel_size)
+        else:
+            pooled = F.adaptive_avg_pool2d(x, self.kernel_size)
         return pooled if dtype is None else pooled.to(dtype)
 
     def attention(self, x):
