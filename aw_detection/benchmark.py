@@ -4,17 +4,22 @@ Peak memory: ``torch.cuda.max_memory_allocated`` on GPU. On CPU (no allocator st
 fresh process builds the candidate, resets the kernel's peak-RSS mark (Linux
 /proc/self/clear_refs) and runs it once: peak RSS minus RSS before the run. glibc is told to
 mmap blocks over 64 KiB so that freed tensors leave the RSS; elsewhere the result is None.
+A child that fails, dies or hangs is reported as a ``PeakMemoryError`` with the reason.
 """
 import gc
 import multiprocessing
 import os
+import queue
 import re
 import statistics
 import time
+import traceback
 
 import torch
 
 __all__ = [
+    "CLOCKS",
+    "PeakMemoryError",
     "RESNET50_3X3_SHAPES",
     "aa_memory_benchmark",
     "layer_benchmark",
@@ -33,9 +38,18 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(candidates, iters=10, warmup=2, device="cpu"):
+# "wall": elapsed time. "cpu": CPU time of this process, all its threads (spin-waits included):
+# on a machine shared with other jobs it measures the work rather than the waiting for a core;
+# most telling with one thread (OMP_NUM_THREADS=1).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_interleaved(candidates, iters=10, warmup=2, device="cpu", clock="wall"):
     """Median seconds per call of each ``name -> fn``. Every round runs each candidate once,
     in a rotating order, so drift in machine speed hits all of them alike."""
+    if clock == "cpu" and torch.device(device).type != "cpu":
+        raise ValueError(f"clock='cpu' measures CPU work; use clock='wall' on {device}")
+    now = CLOCKS[clock]
     names = list(candidates)
     for _ in range(warmup):
         for name in names:
@@ -44,10 +58,10 @@ def time_interleaved(candidates, iters=10, warmup=2, device="cpu"):
     times = {name: [] for name in names}
     for i in range(iters):
         for name in names[i % len(names):] + names[:i % len(names)]:
-            start = time.perf_counter()
+            start = now()
             candidates[name]()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(now() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -56,23 +70,50 @@ def _status_mib(field):
         return int(re.search(field + r":\s+(\d+)", f.read()).group(1)) / 1024
 
 
-def _child_peak(make_fn, args, queue):
+class PeakMemoryError(RuntimeError):
+    """The peak-memory child process failed, died or timed out; the message says why."""
+
+
+def _child_peak(make_fn, args, results):
     try:
         torch.set_num_threads(1)
         fn = make_fn(*args)
         gc.collect()
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-        before = _status_mib("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            before = _status_mib("VmRSS")
+        except OSError:  # no /proc (not Linux): no measurement, not a failure
+            results.put(("ok", None))
+            return
         fn()
-        queue.put(_status_mib("VmHWM") - before)
-    except OSError:  # no /proc (not Linux)
-        queue.put(None)
+        results.put(("ok", _status_mib("VmHWM") - before))
+    except BaseException as e:  # any failure goes back to the parent with its reason
+        results.put(("error", "".join(traceback.format_exception_only(type(e), e)).strip()))
 
 
-def peak_memory_mb(make_fn, *args, device="cpu"):
+def _wait_for_child(proc, results, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return results.get(timeout=0.2)
+        except queue.Empty:
+            pass
+        if not proc.is_alive():
+            try:  # a result put just before exiting
+                return results.get(timeout=1)
+            except queue.Empty:
+                return "error", f"the process died (exit code {proc.exitcode}) before reporting"
+        if time.monotonic() > deadline:
+            proc.kill()
+            return "error", f"no result after {timeout:.0f} s; the process was killed"
+
+
+def peak_memory_mb(make_fn, *args, device="cpu", timeout=600):
     """Peak extra memory (MiB) of one call of ``make_fn(*args)()``. ``make_fn`` builds the
-    candidate (not counted); it must be a picklable top-level function on CPU."""
+    candidate (not counted); it must be a picklable top-level function on CPU. None where the
+    platform cannot measure it; ``PeakMemoryError`` when the child fails, dies or runs past
+    ``timeout`` seconds."""
     if torch.device(device).type == "cuda":
         fn = make_fn(*args)
         torch.cuda.synchronize()
@@ -82,8 +123,8 @@ def peak_memory_mb(make_fn, *args, device="cpu"):
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - start) / 2 ** 20
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child_peak, args=(make_fn, args, queue))
+    results = ctx.Queue()
+    proc = ctx.Process(target=_child_peak, args=(make_fn, args, results))
     saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by the child's malloc at start
     try:
@@ -93,28 +134,51 @@ def peak_memory_mb(make_fn, *args, device="cpu"):
             del os.environ["MALLOC_MMAP_THRESHOLD_"]
         else:
             os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
-    result = queue.get()
-    proc.join()
-    return result
+    try:
+        status, value = _wait_for_child(proc, results, timeout)
+    finally:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if status != "ok":
+        raise PeakMemoryError(f"peak-memory measurement of {getattr(make_fn, '__name__', make_fn)}"
+                              f"{args!r:.200}: {value}")
+    return value
 
 
 def layer_benchmark(batch_sizes=(1, 2, 4), iters=10, device="cpu", attention_groups=(0, 8),
-                    shapes=RESNET50_3X3_SHAPES):
-    """AWConv2d against nn.Conv2d at ``shapes`` (stage, C, H, W); one row per setting."""
+                    shapes=RESNET50_3X3_SHAPES, paths=(None,), expand_bf16=False, clock="wall"):
+    """AWConv2d against nn.Conv2d at ``shapes`` (stage, C, H, W); one row per setting.
+
+    "forward" runs under no_grad. "forward+backward" is the step a network runs: the input
+    requires grad (its gradient is computed, as for every layer but the first) and the
+    parameter gradients start from None, as after ``zero_grad()``. ``paths`` adds rows with
+    a forced formulation (None: the default policy); ``expand_bf16`` adds forward rows with
+    the generator's ``expand`` weight stored in bfloat16."""
     from .layers import AWConv2d
+    from .layers.aw_conv import set_expand_dtype
 
     rows = []
     for stage, c, h, w in shapes:
         layers = {"conv": torch.nn.Conv2d(c, c, 3, padding=1, bias=False)}
         for g in attention_groups:
-            layers[f"aw(G={g or c})"] = AWConv2d(c, c, 3, padding=1, attention_groups=g)
+            for path in paths:
+                name = f"aw(G={g or c})" + (f" {path}" if path else "")
+                layers[name] = AWConv2d(c, c, 3, padding=1, attention_groups=g, path=path)
+        if expand_bf16:
+            for g in attention_groups:
+                layers[f"aw(G={g or c}) bf16 expand"] = AWConv2d(c, c, 3, padding=1,
+                                                                 attention_groups=g)
+                set_expand_dtype(layers[f"aw(G={g or c}) bf16 expand"], torch.bfloat16)
         layers = {k: v.to(device) for k, v in layers.items()}
         for n in batch_sizes:
             x = torch.randn(n, c, h, w, device=device)
             for mode in ("forward", "forward+backward"):
-                seconds = time_interleaved(
-                    {k: _layer_step(v, x, mode == "forward") for k, v in layers.items()}, iters,
-                    device=device)
+                steps = {k: _layer_step(v, x, mode == "forward") for k, v in layers.items()
+                         if not (k.endswith(" plain") and n > 1)
+                         and not (k.endswith("bf16 expand") and mode != "forward")}
+                seconds = time_interleaved(steps, iters, device=device, clock=clock)
                 for name, s in seconds.items():
                     rows.append({"stage": stage, "batch": n, "mode": mode, "layer": name,
                                  "ms": 1000 * s, "ratio": s / seconds["conv"]})
@@ -122,11 +186,16 @@ def layer_benchmark(batch_sizes=(1, 2, 4), iters=10, device="cpu", attention_gro
 
 
 def _layer_step(layer, x, inference):
-    def run():
-        if inference:
+    if inference:
+        def run():
             with torch.no_grad():
                 layer(x)
-        else:
+    else:
+        x = x.detach().requires_grad_()
+
+        def run():
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
             layer(x).sum().backward()
     return run
 
@@ -147,19 +216,28 @@ def _make_aa_step(channels, h, w, impl, device="cpu"):
     return run
 
 
-def aa_memory_benchmark(iters=5, device="cpu", stages=RESNET50_3X3_SHAPES[1:]):
+def aa_memory_benchmark(iters=5, device="cpu", stages=RESNET50_3X3_SHAPES[1:], clock="wall"):
     """AAConv2d (one image, stride 1) with fused SDPA, with an explicit softmax, and with the
     naive (HW, HW, d) relative embedding: median ms and peak extra memory."""
     rows = []
     for stage, c, h, w in stages:
         steps = {impl: _make_aa_step(c, h, w, impl, device)
                  for impl in ("fused", "explicit", "naive")}
-        seconds = time_interleaved(steps, iters, warmup=1, device=device)
+        seconds = time_interleaved(steps, iters, warmup=1, device=device, clock=clock)
         for impl in ("fused", "explicit", "naive"):
+            peak, error = _peak_or_error(_make_aa_step, c, h, w, impl, device, device=device)
             rows.append({"stage": stage, "size": f"{h}x{w}", "impl": impl, "ms": 1000 * seconds[impl],
-                         "peak_mb": peak_memory_mb(_make_aa_step, c, h, w, impl, device,
-                                                   device=device)})
+                         "peak_mb": peak, "peak_error": error})
     return rows
+
+
+def _peak_or_error(make_fn, *args, device):
+    """(MiB, None), or (None, reason) when the measurement failed: a benchmark keeps its
+    timings when one memory measurement fails."""
+    try:
+        return peak_memory_mb(make_fn, *args, device=device), None
+    except PeakMemoryError as e:
+        return None, str(e)
 
 
 def synthetic_batch(cfg, batch_size, train, seed=0):
@@ -208,35 +286,48 @@ def _model_step(model, batch, train):
     return run
 
 
-def _make_model_step(cfg, batch_size, train):
+def _build(cfg, expand_dtype=None):
     from detectron2.modeling import build_model
 
+    from .layers.aw_conv import set_expand_dtype
+
     model = build_model(cfg)
+    if expand_dtype is not None:
+        set_expand_dtype(model, expand_dtype)
+    return model
+
+
+def _make_model_step(cfg, batch_size, train, expand_dtype=None):
+    model = _build(cfg, expand_dtype)
     model.train(train)
     return _model_step(model, synthetic_batch(cfg, batch_size, train), train)
 
 
-def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory=True):
-    """One row per (name, cfg): params, GFLOPs, median s/iter (interleaved), ratio, peak MiB."""
-    from detectron2.modeling import build_model
-
+def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory=True,
+                    expand_dtype=None, clock="wall"):
+    """One row per (name, cfg): params, GFLOPs, median s/iter (interleaved), ratio, peak MiB
+    (None with ``peak_memory_error`` when that measurement failed). ``expand_dtype``
+    (inference only) stores AW generators' ``expand`` weights in that dtype."""
     from .analysis import model_statistics
 
     train = task == "train"
+    if train and expand_dtype is not None:
+        raise ValueError("expand_dtype is an inference option (training keeps float32)")
     rows, steps = [], {}
     device = named_cfgs[0][1].MODEL.DEVICE
     for name, cfg in named_cfgs:
-        model = build_model(cfg)
+        model = _build(cfg, expand_dtype)
         stats = model_statistics(cfg, model=model)
         model.train(train)
         steps[name] = _model_step(model, synthetic_batch(cfg, batch_size, train), train)
         rows.append({"config": name, "params": stats["params"], "gflops": stats["gflops"],
                      "input": stats["input"]})
-    seconds = time_interleaved(steps, iters, device=device)
+    seconds = time_interleaved(steps, iters, device=device, clock=clock)
     first = seconds[rows[0]["config"]]
     for row, (name, cfg) in zip(rows, named_cfgs):
         row.update(task=task, batch_size=batch_size, device=device,
                    seconds_per_iter=seconds[name], ratio_to_first=seconds[name] / first)
-        row["peak_memory_mb"] = (peak_memory_mb(_make_model_step, cfg, batch_size, train,
-                                                device=device) if memory else None)
+        peak, error = (_peak_or_error(_make_model_step, cfg, batch_size, train, expand_dtype,
+                                      device=device) if memory else (None, None))
+        row.update(peak_memory_mb=peak, peak_memory_error=error)
     return rows

@@ -9,7 +9,13 @@ from detectron2.layers import Conv2d, get_norm
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from aw_detection.layers import AWConv2d, aw_conv2d_reference, flop_count
-from aw_detection.layers.aw_conv import PATHS, _modulate, select_path
+from aw_detection.layers.aw_conv import (
+    PATHS,
+    _adaptive_avg_pool2d_onnx,
+    _modulate,
+    select_path,
+    set_expand_dtype,
+)
 
 
 def _paths(batch):
@@ -213,6 +219,30 @@ def test_bf16_autocast_on_cpu_keeps_attention_float32(batch):
         torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05, msg=path)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_bf16_expand_option(batch):
+    """expand stored in bfloat16: same names and shapes, A rounded to bfloat16 (error relative
+    to |A|), inference only."""
+    layer = _randomised(AWConv2d(16, 16, 3, padding=1), std=0.1)
+    x = torch.randn(batch, 16, 12, 12)
+    with torch.no_grad():
+        expected, a = layer(x), layer.attention(x)
+        keys = {k: v.shape for k, v in layer.state_dict().items()}
+        assert set_expand_dtype(torch.nn.Sequential(layer, torch.nn.ReLU()), torch.bfloat16) == 1
+        assert layer.generator.expand.weight.dtype == torch.bfloat16
+        assert {k: v.shape for k, v in layer.state_dict().items()} == keys
+        out = layer(x)
+        a16 = layer.attention(x)
+    assert a16.dtype == torch.float32 and 0 < (a16 - a).abs().max() <= 2 ** -7 * a.abs().max()
+    assert out.dtype == torch.float32 and not torch.equal(out, expected)
+    torch.testing.assert_close(out, expected, atol=2 ** -7 * a.abs().max() * expected.abs().max(),
+                               rtol=0)
+    with pytest.raises(RuntimeError, match="generator.expand is stored in torch.bfloat16"):
+        layer(x)
+    set_expand_dtype(layer, torch.float32)
+    layer(x).sum().backward()
+
+
 def test_flop_count_is_conv_plus_generator():
     n, cin, cout, h, w, ag = 3, 16, 32, 10, 12, 4
     layer = AWConv2d(cin, cout, 3, padding=1, attention_groups=ag)  # hidden = max(16//16, 8)
@@ -282,3 +312,30 @@ def test_torch_export_with_static_batch_refuses_another():
     torch.testing.assert_close(program(x), layer(x))
     with pytest.raises(Exception, match="size\\(\\)\\[0\\] == 1"):
         program(torch.randn(3, 8, 10, 10))
+
+
+@pytest.mark.parametrize("size", [(2, 3), (9, 11), (50, 67)])
+def test_onnx_pooling_is_adaptive_average_pooling(size):
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    for bins in [(3, 3), (1, 3)]:
+        torch.testing.assert_close(_adaptive_avg_pool2d_onnx(x, bins), F.adaptive_avg_pool2d(x, bins),
+                                   atol=1e-12, rtol=0)
+
+
+def test_onnx_export_is_correct_at_other_batches_and_sizes():
+    """TorchScript-based ONNX export with dynamic batch and image size, run by onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import io
+
+    layer = _randomised(AWConv2d(8, 8, 3, padding=1, groups=2, bias=True)).eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(layer, (torch.randn(1, 8, 10, 10),), f, dynamo=False, opset_version=17,
+                          input_names=["x"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    session = ort.InferenceSession(f.getvalue())
+    for n, h, w in [(1, 10, 10), (1, 13, 7), (3, 9, 12)]:
+        x = torch.randn(n, 8, h, w)
+        out = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+        torch.testing.assert_close(out, aw_conv2d_reference(layer, x), atol=1e-5, rtol=0)

@@ -1,8 +1,20 @@
 """tools/benchmark.py and aw_detection.benchmark on tiny settings."""
 import json
 import os
+import signal
+import time
 
-from aw_detection.benchmark import aa_memory_benchmark, layer_benchmark, time_interleaved
+import pytest
+import torch
+
+from aw_detection.benchmark import (
+    PeakMemoryError,
+    _layer_step,
+    aa_memory_benchmark,
+    layer_benchmark,
+    peak_memory_mb,
+    time_interleaved,
+)
 
 from .conftest import ROOT, run_tool
 
@@ -23,8 +35,12 @@ def test_benchmark_models(tmp_path):
     assert rows[0]["peak_memory_mb"] > 0
     assert "shapes_R_18_FPN_aw" in proc.stdout
     proc = run_tool("benchmark.py", "--task", "inference", "--config-file",
-                    f"{DEMO}/shapes_R_18_FPN.yaml", "--iters", "2", "--no-memory", *opts)
-    assert "inference, batch 1" in proc.stdout
+                    f"{DEMO}/shapes_R_18_FPN.yaml", "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml",
+                    "--iters", "2", "--no-memory", "--expand-bf16", *opts)
+    assert "inference, batch 1" in proc.stdout and "shapes_R_18_FPN_aw" in proc.stdout
+    proc = run_tool("benchmark.py", "--task", "train", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
+                    "--expand-bf16", check=False)
+    assert proc.returncode == 2 and "--expand-bf16 is an inference option" in proc.stderr
 
 
 def test_benchmark_needs_a_config():
@@ -41,6 +57,72 @@ def test_interleaved_timing_and_layer_rows():
     rows = layer_benchmark((1, 2), iters=1, shapes=[("tiny", 16, 6, 6)])
     assert len(rows) == 2 * 2 * 3  # batches x modes x (conv, AW-full, AW-lite)
     assert all(r["ratio"] == 1.0 for r in rows if r["layer"] == "conv")
+    rows = layer_benchmark((1, 2), iters=1, attention_groups=(8,), shapes=[("tiny", 16, 6, 6)],
+                           paths=(None, "plain", "grouped"), expand_bf16=True)
+    names = {}
+    for r in rows:
+        names.setdefault((r["batch"], r["mode"]), []).append(r["layer"])
+    assert names[1, "forward"] == ["conv", "aw(G=8)", "aw(G=8) plain", "aw(G=8) grouped",
+                                   "aw(G=8) bf16 expand"]
+    assert names[2, "forward+backward"] == ["conv", "aw(G=8)", "aw(G=8) grouped"]
     rows = aa_memory_benchmark(iters=1, stages=[("tiny", 32, 6, 6)])
     assert [r["impl"] for r in rows] == ["fused", "explicit", "naive"]
     assert all(r["peak_mb"] > 0 and r["ms"] > 0 for r in rows)
+
+
+def test_layer_step_backward_is_a_network_step():
+    """Input gradient computed (as for every layer inside a network), parameter gradients
+    fresh each step (as after zero_grad), not accumulated."""
+    layer = torch.nn.Conv2d(4, 4, 3, padding=1)
+    seen = []
+    layer.register_full_backward_hook(lambda m, grad_in, grad_out: seen.append(grad_in[0]))
+    step = _layer_step(layer, torch.randn(2, 4, 5, 5), inference=False)
+    step()
+    first = layer.weight.grad.clone()
+    step()
+    assert len(seen) == 2 and all(g is not None and g.abs().sum() > 0 for g in seen)
+    torch.testing.assert_close(layer.weight.grad, first)
+
+
+def _raises(size):
+    raise ValueError(f"cannot build a candidate of size {size}")
+
+
+def _dies(code):
+    os._exit(code)
+
+
+def _killed():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _hangs():
+    return lambda: time.sleep(600)
+
+
+def test_peak_memory_child_that_raises_reports_the_reason():
+    with pytest.raises(PeakMemoryError, match="ValueError: cannot build a candidate of size 7"):
+        peak_memory_mb(_raises, 7)
+
+
+@pytest.mark.parametrize("make_fn,args,timeout,reason", [
+    (_dies, (3,), 120, "died \\(exit code 3\\) before reporting"),
+    (_killed, (), 120, "died \\(exit code -9\\) before reporting"),
+    (_hangs, (), 3, "no result after 3 s; the process was killed"),
+])
+def test_peak_memory_child_that_dies_or_hangs_does_not_block(make_fn, args, timeout, reason):
+    with pytest.raises(PeakMemoryError, match=reason):
+        peak_memory_mb(make_fn, *args, timeout=timeout)
+
+
+def test_cpu_clock_counts_work_not_waiting():
+    def busy():
+        end = time.process_time() + 0.03
+        while time.process_time() < end:
+            pass
+    candidates = {"sleep": lambda: time.sleep(0.03), "busy": busy}
+    wall = time_interleaved(candidates, iters=3, warmup=0)
+    cpu = time_interleaved(candidates, iters=3, warmup=0, clock="cpu")
+    assert wall["sleep"] >= 0.03 and cpu["sleep"] < 0.01 <= 0.03 <= cpu["busy"]
+    with pytest.raises(ValueError, match="clock='cpu' measures CPU work"):
+        time_interleaved(candidates, device="cuda", clock="cpu")

@@ -4,6 +4,7 @@
     tools/benchmark.py --task inference --config-file BASE.yaml --config-file AW.yaml
     tools/benchmark.py --task train --config-file BASE.yaml --config-file AW.yaml --iters 5
     tools/benchmark.py --task layer    # AWConv2d vs nn.Conv2d at ResNet-50 3x3 shapes
+    tools/benchmark.py --task layer --paths default per_sample grouped --expand-bf16
     tools/benchmark.py --task aa       # AAConv2d time and memory: fused / explicit / naive
 """
 import argparse
@@ -14,8 +15,9 @@ import torch
 from tabulate import tabulate
 
 import aw_detection  # noqa: F401  (registers backbones)
-from aw_detection.benchmark import aa_memory_benchmark, layer_benchmark, model_benchmark
+from aw_detection.benchmark import CLOCKS, aa_memory_benchmark, layer_benchmark, model_benchmark
 from aw_detection.config import load_config
+from aw_detection.layers.aw_conv import PATHS
 
 
 def main():
@@ -27,42 +29,64 @@ def main():
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4], help="layer task")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--paths", nargs="+", choices=["default", *PATHS], default=["default"],
+                   help="layer task: AWConv2d formulations to time (default: the policy's)")
+    p.add_argument("--expand-bf16", action="store_true",
+                   help="layer and inference tasks: AW generators' expand weights in bfloat16")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: elapsed time; cpu: CPU time of this process (a shared machine; "
+                        "best with OMP_NUM_THREADS=1)")
     p.add_argument("--output", help="write the rows as JSON")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every config")
     args = p.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    header = f"{device}, {torch.get_num_threads()} threads, median of {args.iters}"
+    if args.clock == "cpu" and device != "cpu":
+        p.error("--clock cpu measures CPU work; use --clock wall on a GPU")
+    header = f"{device}, {torch.get_num_threads()} threads, median {args.clock} time of {args.iters}"
 
     if args.task == "layer":
-        rows = layer_benchmark(args.batch_sizes, args.iters, device)
-        print(f"AWConv2d vs nn.Conv2d, ResNet-50 3x3 shapes at 800x1067, {header}")
+        paths = [None if name == "default" else name for name in args.paths]
+        rows = layer_benchmark(args.batch_sizes, args.iters, device, paths=paths,
+                               expand_bf16=args.expand_bf16, clock=args.clock)
+        print(f"AWConv2d vs nn.Conv2d, ResNet-50 3x3 shapes at 800x1067, {header}; "
+              "forward+backward computes the input gradient too")
         table = [[r["stage"], r["batch"], r["mode"], r["layer"], f'{r["ms"]:.1f}', f'{r["ratio"]:.2f}x']
                  for r in rows]
         headers = ["stage", "N", "mode", "layer", "ms", "vs conv"]
     elif args.task == "aa":
-        rows = aa_memory_benchmark(args.iters, device)
+        rows = aa_memory_benchmark(args.iters, device, clock=args.clock)
         print(f"AAConv2d (8 heads, kappa=0.2, nu=0.1, 1 image), {header}")
-        table = [[r["stage"], r["size"], r["impl"], f'{r["ms"]:.1f}', f'{r["peak_mb"]:.0f}'] for r in rows]
+        table = [[r["stage"], r["size"], r["impl"], f'{r["ms"]:.1f}', _mib(r["peak_mb"])] for r in rows]
         headers = ["stage", "map", "relative logits / attention", "ms", "peak MiB"]
     else:
         if not args.config_file:
             p.error(f"--task {args.task} needs at least one --config-file")
+        if args.expand_bf16 and args.task == "train":
+            p.error("--expand-bf16 is an inference option (training keeps float32)")
         named = []
         for path in args.config_file:
             cfg = load_config(path, args.opts)
             cfg.MODEL.DEVICE = device
             named.append((os.path.splitext(os.path.basename(path))[0], cfg))
-        rows = model_benchmark(named, args.task, args.iters, args.batch_size, not args.no_memory)
+        rows = model_benchmark(named, args.task, args.iters, args.batch_size, not args.no_memory,
+                               torch.bfloat16 if args.expand_bf16 else None, args.clock)
         h, w = rows[0]["input"]
         print(f"{args.task}, batch {args.batch_size}, GFLOPs at {h}x{w}, {header}")
         table = [[r["config"], f'{r["params"] / 1e6:.2f}', f'{r["gflops"]:.2f}',
                   f'{r["seconds_per_iter"]:.3f}', f'{r["ratio_to_first"]:.2f}x',
-                  "-" if r["peak_memory_mb"] is None else f'{r["peak_memory_mb"]:.0f}'] for r in rows]
+                  _mib(r["peak_memory_mb"])] for r in rows]
         headers = ["config", "params (M)", "GFLOPs", "s/iter", "vs first", "peak MiB"]
     print(tabulate(table, headers=headers, tablefmt="github"))
+    for r in rows:
+        if r.get("peak_memory_error") or r.get("peak_error"):
+            print(f"peak memory not measured: {r.get('peak_memory_error') or r.get('peak_error')}")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(rows, f, indent=2)
+
+
+def _mib(value):
+    return "-" if value is None else f"{value:.0f}"
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
 __all__ = ["AWConv2d", "AttentionGenerator", "PATHS", "aw_conv2d_reference", "select_path",
-           "traced_path"]
+           "set_expand_dtype", "traced_path"]
 
 PATHS = ("plain", "per_sample", "grouped", "any_batch")
 
@@ -93,7 +93,8 @@ class AttentionGenerator(nn.Module):
         return F.relu(F.linear(taps, self.reduce.weight.flatten(1), self.reduce.bias))
 
     def rows(self, hidden):
-        """expand(hidden): (C_rows, N * kh * kw)."""
+        """expand(hidden): (C_rows, N * kh * kw), in the dtype ``expand`` is stored in."""
+        hidden = hidden.to(self.expand.weight.dtype)
         return torch.addmm(self.expand.bias[:, None], self.expand.weight.flatten(1), hidden.t())
 
     def forward(self, pooled):
@@ -165,6 +166,27 @@ class _Modulate(torch.autograd.Function):
         return grad_weight, grad_hidden, grad_expand_weight, grad_expand_bias, None
 
 
+def _window_means(size, bins, like):
+    """(bins, size) matrix averaging adaptive pooling's windows [floor(i * size / bins),
+    ceil((i + 1) * size / bins)), built from ``size`` at run time (a traced value in exports)."""
+    pos = torch.arange(size, device=like.device)
+    i = torch.arange(bins, device=like.device)
+    start = torch.div(i * size, bins, rounding_mode="floor")
+    end = torch.div((i + 1) * size + bins - 1, bins, rounding_mode="floor")
+    inside = (pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+def _adaptive_avg_pool2d_onnx(x, output_size):
+    """F.adaptive_avg_pool2d as two averaging matrix products, for ONNX: the TorchScript ONNX
+    exporter can only write adaptive pooling to a non-1 size when the input size is static,
+    which would fix the exported model's image size."""
+    h, w = x.shape[-2:]
+    rows = _window_means(h, output_size[0], x)
+    cols = _window_means(w, output_size[1], x)
+    return torch.matmul(torch.matmul(rows, x), cols.t())
+
+
 def _memory_format(x):
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
@@ -201,7 +223,7 @@ def _conv_any_batch(layer, x, weight):
     kernels = weight.unflatten(1, (g, -1)).transpose(0, 1).flatten(0, 2)
     out = F.conv2d(x, kernels, None, layer.stride, layer.padding, layer.dilation, g)
     out = out.unflatten(1, (g, n, -1)).diagonal(0, 0, 2)  # (g, C_out/g, H', W', N)
-    out = out.movedim(-1, 0).flatten(1, 2).contiguous(memory_format=_memory_format(x))
+    out = out.permute(4, 0, 1, 2, 3).flatten(1, 2).contiguous(memory_format=_memory_format(x))
     return out if layer.bias is None else out + layer.bias.view(1, -1, 1, 1)
 
 
@@ -290,14 +312,17 @@ class AWConv2d(nn.Module):
             yield None
 
     def _pooled(self, x, dtype):
-        pooled = F.adaptive_avg_pool2d(x, self.kernel_size)
+        if torch.onnx.is_in_onnx_export():
+            pooled = _adaptive_avg_pool2d_onnx(x, self.kernel_size)
+        else:
+            pooled = F.adaptive_avg_pool2d(x, self.kernel_size)
         return pooled if dtype is None else pooled.to(dtype)
 
     def attention(self, x):
         """A, shaped (N, out_channels, in_channels // groups, kh, kw); float32 under autocast."""
         self._check_input(x)
         with self._float32_under_autocast(x) as dtype:
-            rows = self.generator(self._pooled(x, dtype))
+            rows = self.generator(self._pooled(x, dtype)).to(dtype or self.weight.dtype)
         rows = rows.reshape(x.shape[0], self.attention_groups, -1, *self.kernel_size)
         return rows.repeat_interleave(self.out_channels // self.attention_groups, dim=1)
 
@@ -314,10 +339,22 @@ class AWConv2d(nn.Module):
                 return _modulate(weight, self.generator.rows(hidden), n)
             if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
                                             or expand.weight.requires_grad):
+                if expand.weight.dtype != weight.dtype:
+                    raise RuntimeError(
+                        f"AWConv2d: generator.expand is stored in {expand.weight.dtype} (an "
+                        "inference option, see set_expand_dtype); set it back to "
+                        f"{weight.dtype} to train, or run under torch.no_grad()"
+                    )
                 return _Modulate.apply(weight, hidden, expand.weight, expand.bias, n)
             with torch.no_grad():
-                return _modulate(weight, self.generator.rows(hidden), n,
-                                 out=weight.new_empty((n, *weight.shape)))
+                rows = self.generator.rows(hidden)
+                if (n == 1 and self.attention_groups == self.out_channels
+                        and rows.dtype == weight.dtype):
+                    # One sample, one row per output channel: A has the kernel's layout, so
+                    # the kernels are written over A (one large allocation less per call).
+                    a = rows.view_as(weight)
+                    return torch.addcmul(weight, weight, a, out=a).unsqueeze(0)
+                return _modulate(weight, rows, n, out=weight.new_empty((n, *weight.shape)))
 
     def conv_path(self, x):
         """The formulation ``forward(x)`` uses (see the module docstring)."""
@@ -353,6 +390,19 @@ class AWConv2d(nn.Module):
         if self.bias is None:
             s += ", bias=False"
         return s + f", attention_groups={self.attention_groups}"
+
+
+def set_expand_dtype(module, dtype):
+    """Store the ``generator.expand`` weights of every AWConv2d in ``module`` in ``dtype``;
+    returns how many were converted. ``torch.bfloat16`` halves the memory and the weight
+    traffic of AW-full's generator (its ``expand`` weight is C_out * C_in/g * hidden, 3.5x
+    the kernel at res5) at the cost of A rounded to bfloat16 (README "AWConv2d formulations").
+    An inference option: training refuses a converted layer; ``torch.float32`` converts back.
+    """
+    layers = [m for m in module.modules() if isinstance(m, AWConv2d)]
+    for layer in layers:
+        layer.generator.expand.to(dtype)
+    return len(layers)
 
 
 def aw_conv2d_reference(layer, x):
