@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -36,17 +37,19 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 
 from .errors import UserError
 
-__all__ = ["FORMATS", "ONNX_OPSET", "ExportError", "compare_outputs", "export_benchmark",
-           "export_model", "load_exported", "onnx_adaptive_pooling", "output_names",
-           "sample_images", "traceable_model"]
+__all__ = ["FORMATS", "ONNX_OPSET", "ExportError", "compare_outputs", "export",
+           "export_benchmark", "export_benchmark_table", "export_model", "image_tensor",
+           "load_exported", "onnx_adaptive_pooling", "output_names", "per_image",
+           "sample_images", "traceable_model", "verify_export"]
 
 logger = logging.getLogger("aw_detection")
 
 FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
 DEPLOY_INFO = "deploy.json"
 # 16 is the first opset whose RoiAlign has half_pixel coordinates, i.e. Detectron2's
-# ROIAlign(aligned=True) exactly (torchvision's symbolic shifts the boxes approximately below
-# it); 17 is the highest the TorchScript-based exporter and onnxruntime both treat as mature.
+# ROIAlign(aligned=True) (below it torchvision can only warn that aligned=True is unsupported).
+# 17, the one tested here, is the last whose ReduceMean takes its axes as an attribute, as
+# _adaptive_avg_pool2d_symbolic writes it.
 ONNX_OPSET = 17
 # Parity tolerances: float32 rounding through a deep network, not method differences.
 SCORE_TOL = 1e-4
@@ -100,12 +103,21 @@ def _image_fields(schema):
     return [list(s.schemas[0].keys) + ["image_size"] for s in schema.schemas]
 
 
+def _suffix(i, batch):
+    return f"_{i}" if batch > 1 else ""
+
+
+def _outputs(schema):
+    """(name, image index, field) of each flattened output."""
+    images = _image_fields(schema)
+    return [(field + _suffix(i, len(images)), i, field)
+            for i, fields in enumerate(images) for field in fields]
+
+
 def output_names(schema):
     """Names of the flattened outputs of a traced detector: ``pred_boxes``, ..., ``image_size``
     per image, suffixed ``_<i>`` when the model takes more than one image."""
-    images = _image_fields(schema)
-    return [f"{field}_{i}" if len(images) > 1 else field
-            for i, fields in enumerate(images) for field in fields]
+    return [name for name, _, _ in _outputs(schema)]
 
 
 def per_image(schema, outputs):
@@ -118,7 +130,7 @@ def per_image(schema, outputs):
 
 
 def _input_names(batch):
-    return ["image"] if batch == 1 else [f"image_{i}" for i in range(batch)]
+    return ["image" + _suffix(i, batch) for i in range(batch)]
 
 
 def _adaptive_avg_pool2d_symbolic(g, x, output_size):
@@ -155,6 +167,24 @@ def onnx_adaptive_pooling(opset=ONNX_OPSET):
 
 
 @contextlib.contextmanager
+def _known_warnings_silenced():
+    """Warnings every export raises that say nothing about this model."""
+    with warnings.catch_warnings():
+        # "might not generalize to other inputs": every export is verified at other sizes.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # TorchScript (trace/save/load) is deprecated in favour of torch.export, and so is the
+        # TorchScript-based ONNX exporter; torch.export cannot capture Detectron2's detectors
+        # (data-dependent shapes), and TorchScript is what LibTorch (C++) loads.
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX",
+                                DeprecationWarning)
+        # Detectron2 indexes with nonzero / NMS / top-k results, never negative ones.
+        warnings.filterwarnings("ignore", "Exporting aten::index operator of advanced indexing",
+                                UserWarning)
+        yield
+
+
+@contextlib.contextmanager
 def _native_stdout_dropped():
     """The TorchScript-based ONNX exporter prints the whole IR graph to the process's stdout
     (from C++) when it fails; the ExportError says what failed instead."""
@@ -175,7 +205,7 @@ def export_model(adapter, images, fmt, output_dir):
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, FORMATS[fmt])
     images = tuple(images)
-    with torch.no_grad():
+    with torch.no_grad(), _known_warnings_silenced():
         if fmt == "torchscript":
             traced = torch.jit.trace(adapter, images, check_trace=False)
             for p in traced.parameters():  # no autograd bookkeeping in the deployed file
@@ -183,15 +213,19 @@ def export_model(adapter, images, fmt, output_dir):
             torch.jit.save(traced, path)
             dump_torchscript_IR(traced, output_dir)
         elif fmt == "onnx":
-            inputs, outputs = _input_names(len(images)), output_names(adapter.outputs_schema)
-            axes = {name: {1: f"height{name[5:]}", 2: f"width{name[5:]}"} for name in inputs}
-            axes.update({name: {0: "detections"} for name in outputs
-                         if not name.startswith("image_size")})
+            batch, outputs = len(images), _outputs(adapter.outputs_schema)
+            axes = {"image" + _suffix(i, batch): {1: "height" + _suffix(i, batch),
+                                                   2: "width" + _suffix(i, batch)}
+                    for i in range(batch)}
+            axes.update({name: {0: "detections" + _suffix(i, batch)}
+                         for name, i, field in outputs if field != "image_size"})
             try:
                 with onnx_adaptive_pooling(), _native_stdout_dropped():
                     torch.onnx.export(adapter, images, path, dynamo=False,
-                                      opset_version=ONNX_OPSET, input_names=inputs,
-                                      output_names=outputs, dynamic_axes=axes)
+                                      opset_version=ONNX_OPSET,
+                                      input_names=_input_names(batch),
+                                      output_names=[name for name, _, _ in outputs],
+                                      dynamic_axes=axes)
             except torch.onnx.errors.OnnxExporterError as e:
                 first = str(e).splitlines()[0]
                 where = re.search(r"# (\S+\.py:\d+)", first)
@@ -223,7 +257,8 @@ def load_exported(path, threads=None):
             outputs = session.run(None, {n: x.numpy() for n, x in zip(names, images, strict=True)})
             return tuple(torch.from_numpy(o) for o in outputs)
     else:
-        module = torch.jit.load(path)
+        with _known_warnings_silenced():
+            module = torch.jit.load(path)
 
         def run(*images):
             with torch.no_grad():
@@ -355,9 +390,8 @@ def deploy_info(cfg, model, adapter, fmt, path, metadata, verification):
     import torchvision
 
     batch = len(adapter.flattened_inputs)
-    fields = [field for image in _image_fields(adapter.outputs_schema) for field in image]
-    outputs = [{"name": name, "meaning": FIELD_MEANINGS.get(field, "")}
-               for name, field in zip(output_names(adapter.outputs_schema), fields)]
+    outputs = [{"name": name, "image": i, "meaning": FIELD_MEANINGS.get(field, "")}
+               for name, i, field in _outputs(adapter.outputs_schema)]
     info = {
         "format": fmt,
         "file": os.path.basename(path),
@@ -406,6 +440,10 @@ def export(cfg, model, fmt, output_dir, metadata, sample_image=None, batch=1):
     adapter = traceable_model(model, images)
     path = export_model(adapter, images, fmt, output_dir)
     verification = verify_export(adapter, path, [images, _rescaled(images)])
+    if verification["detections"] < 2 * batch:
+        logger.warning(f"the check against the eager model compared only "
+                       f"{verification['detections']} detections: give a --sample-image with "
+                       "objects the model detects for a check of the heads as well")
     info = deploy_info(cfg, model, adapter, fmt, path, metadata, verification)
     with open(os.path.join(output_dir, DEPLOY_INFO), "w") as f:
         json.dump(info, f, indent=2)
@@ -438,3 +476,14 @@ def export_benchmark(named_cfgs, iters=10, batch=1, warmup=2):
         row["ratio_to_eager"] = (seconds[(row["config"], row["runtime"])]
                                  / seconds[(row["config"], "eager")])
     return rows
+
+
+def export_benchmark_table(rows):
+    """Markdown table of :func:`export_benchmark` rows."""
+    from tabulate import tabulate
+
+    h, w = rows[0]["input"]
+    return tabulate([[r["config"], r["runtime"], f'{r["seconds_per_image"]:.4f}',
+                      f'{r["ratio_to_eager"]:.2f}x'] for r in rows],
+                    headers=["config", "runtime", f"s/img ({h}x{w}, batch {rows[0]['batch']})",
+                             "vs eager"], tablefmt="github")

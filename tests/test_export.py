@@ -60,9 +60,10 @@ def _randomise(model, seed=0):
             if isinstance(module, AWConv2d):
                 for p in module.generator.expand.parameters():
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-        if not isinstance(model, GeneralizedRCNN):
-            for p in model.head.cls_score.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) - 3)
+        if not isinstance(model, GeneralizedRCNN):  # logits with a spread of ~2 around -2
+            model.head.cls_score.weight.copy_(
+                torch.randn(model.head.cls_score.weight.shape, generator=gen) * 0.1)
+            model.head.cls_score.bias.fill_(-2.0)
     return model
 
 
