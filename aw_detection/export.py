@@ -178,6 +178,7 @@ def _known_warnings_silenced():
         warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
         warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX",
                                 DeprecationWarning)
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
         # Detectron2 indexes with nonzero / NMS / top-k results, never negative ones.
         warnings.filterwarnings("ignore", "Exporting aten::index operator of advanced indexing",
                                 UserWarning)
@@ -402,9 +403,10 @@ def deploy_info(cfg, model, adapter, fmt, path, metadata, verification):
                    for n in _input_names(batch)],
         "input_format": cfg.INPUT.FORMAT,
         "preprocessing": {
-            "resize": "Detectron2's ResizeShortestEdge (bilinear): shortest side to min_size, "
-                      "longest side at most max_size; boxes come back in the resized image's "
-                      "pixels (multiply by original / resized size to map back)",
+            "resize": "Detectron2's ResizeShortestEdge: scale = min(min_size / short side, "
+                      "max_size / long side), new side = int(side * scale + 0.5), PIL "
+                      "Image.resize(..., BILINEAR) on the uint8 image; boxes come back in the "
+                      "resized image's pixels (multiply by original / resized size to map back)",
             "min_size": cfg.INPUT.MIN_SIZE_TEST,
             "max_size": cfg.INPUT.MAX_SIZE_TEST,
             "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
