@@ -156,14 +156,14 @@ def _adaptive_avg_pool2d_symbolic(g, x, output_size):
 def onnx_adaptive_pooling(opset=ONNX_OPSET):
     """Within the block, torch.onnx.export (dynamo=False) writes adaptive_avg_pool2d with
     :func:`_adaptive_avg_pool2d_symbolic`, so AW models keep dynamic image sizes in ONNX."""
-    from torch.onnx import register_custom_op_symbolic, symbolic_helper, unregister_custom_op_symbolic
+    from torch.onnx import symbolic_helper
 
     symbolic = symbolic_helper.parse_args("v", "is")(_adaptive_avg_pool2d_symbolic)
-    register_custom_op_symbolic("aten::adaptive_avg_pool2d", symbolic, opset)
+    torch.onnx.register_custom_op_symbolic("aten::adaptive_avg_pool2d", symbolic, opset)
     try:
         yield
     finally:
-        unregister_custom_op_symbolic("aten::adaptive_avg_pool2d", opset)
+        torch.onnx.unregister_custom_op_symbolic("aten::adaptive_avg_pool2d", opset)
 
 
 @contextlib.contextmanager
@@ -172,9 +172,9 @@ def _known_warnings_silenced():
     with warnings.catch_warnings():
         # "might not generalize to other inputs": every export is verified at other sizes.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # TorchScript (trace/save/load) is deprecated in favour of torch.export, and so is the
-        # TorchScript-based ONNX exporter; torch.export cannot capture Detectron2's detectors
-        # (data-dependent shapes), and TorchScript is what LibTorch (C++) loads.
+        # TorchScript (trace/save/load) and the TorchScript-based ONNX exporter are deprecated
+        # in favour of torch.export; Detectron2's deploy path is the traced one, and
+        # TorchScript is what LibTorch (C++) loads.
         warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
         warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX",
                                 DeprecationWarning)
