@@ -6,6 +6,7 @@
     tools/benchmark.py --task layer    # AWConv2d vs nn.Conv2d at ResNet-50 3x3 shapes
     tools/benchmark.py --task layer --paths default per_sample grouped --expand-bf16
     tools/benchmark.py --task aa       # AAConv2d time and memory: fused / explicit / naive
+    tools/benchmark.py --task export --config-file A.yaml ...  # eager vs TorchScript vs onnxruntime
 """
 import argparse
 import json
@@ -22,7 +23,7 @@ from aw_detection.layers.aw_conv import PATHS
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=["inference", "train", "layer", "aa"], default="inference")
+    p.add_argument("--task", choices=["inference", "train", "layer", "aa", "export"], default="inference")
     p.add_argument("--config-file", action="append", default=[], help="repeatable; first = baseline")
     p.add_argument("--iters", type=int, default=10, help="timed iterations (after warm-up)")
     p.add_argument("--batch-size", type=int, default=1)
@@ -68,6 +69,15 @@ def main():
             cfg = load_config(path, args.opts)
             cfg.MODEL.DEVICE = device
             named.append((os.path.splitext(os.path.basename(path))[0], cfg))
+        if args.task == "export":  # the logic and table live in aw_detection.export
+            from aw_detection.export import export_benchmark, export_benchmark_table
+
+            rows = export_benchmark(named, args.iters, args.batch_size)
+            print(f"{header}\n{export_benchmark_table(rows)}")
+            if args.output:
+                with open(args.output, "w") as f:
+                    json.dump(rows, f, indent=2)
+            return
         rows = model_benchmark(named, args.task, args.iters, args.batch_size, not args.no_memory,
                                torch.bfloat16 if args.expand_bf16 else None, args.clock)
         h, w = rows[0]["input"]
