@@ -10,7 +10,7 @@ test: env
 	$(PY) -m pytest -q tests
 
 demo: env
-	$(PY) tools/run_demo.py
+	$(PY) tools/study.py configs/studies/demo.yaml --output output/demo
 
 clean:
 	rm -rf output

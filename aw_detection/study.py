@@ -329,13 +329,30 @@ def _train_loss(run_dir):
 
 
 def read_metrics(run_dir, task):
-    """The run's final metrics ({name: value}) from eval_results.json."""
+    """The run's final metrics ({name: value}) from eval_results.json: those of the first test
+    set, and "AP <name>" of every further one (e.g. the training images, to see the fit)."""
     with open(os.path.join(run_dir, "eval_results.json")) as f:
         results = json.load(f)
     if task == "classification":
         return {m: results.get(m) for m in METRICS[task]}
-    bbox = next(iter(results.values()))["bbox"]
-    return {m: bbox.get(m) for m in METRICS[task]}
+    (_, first), *others = results.items()
+    metrics = {m: first["bbox"].get(m) for m in METRICS[task]}
+    metrics.update({f"AP {name}": r["bbox"].get("AP") for name, r in others})
+    return metrics
+
+
+def _final_attention(run_dir):
+    """{"abs_A <stage>": value}: the last AttentionStats record in metrics.json (AW runs)."""
+    last = {}
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            last.update({f"abs_A {k.split('/')[1]}": v for k, v in entry.items()
+                         if k.startswith("aw/") and k.endswith("/abs_A")})
+    return last
 
 
 def collect_results(pretrain, arms):
@@ -348,7 +365,8 @@ def collect_results(pretrain, arms):
             missing.append(_label(run))
             continue
         row = {"arm": run["name"], "seed": run["seed"], "dir": run["dir"], "task": run["task"],
-               **read_metrics(run["dir"], run["task"]), "train_loss_final": _train_loss(run["dir"])}
+               **read_metrics(run["dir"], run["task"]), "train_loss_final": _train_loss(run["dir"]),
+               **_final_attention(run["dir"])}
         if run["pretrain"]:
             source = pre[(run["pretrain"], run["seed"])]
             row["pretrain_dir"] = source["dir"]
@@ -423,7 +441,8 @@ def summarize(spec, rows):
     """Per arm: mean/std of every metric and of the train losses; paired and unpaired deltas
     to the baseline arm for every metric."""
     task = spec["arms"][0]["task"]
-    metrics = METRICS[task] + ["train_loss_final", "pretrain_top1"]
+    extras = sorted({k for r in rows for k in r if k.startswith(("AP ", "abs_A "))})
+    metrics = METRICS[task] + extras + ["train_loss_final", "pretrain_top1"]
     by_arm = {arm["name"]: {r["seed"]: r for r in rows if r["arm"] == arm["name"]}
               for arm in spec["arms"]}
     base = by_arm[spec["baseline"]]
@@ -442,7 +461,8 @@ def summarize(spec, rows):
             entry["paired"][metric] = paired_interval(ref, values)
             entry["unpaired"][metric] = welch_interval(ref.values(), values.values())
         arms.append(entry)
-    return {"task": task, "metric": METRICS[task][0], "baseline": spec["baseline"], "arms": arms}
+    return {"task": task, "metric": METRICS[task][0], "baseline": spec["baseline"], "arms": arms,
+            "extras": extras}
 
 
 # --------------------------------------------------------------------------- report
@@ -466,7 +486,7 @@ def _fmt_delta(delta, digits=2):
 
 def markdown(spec, summary, rows, missing, command):
     task, metric = summary["task"], summary["metric"]
-    secondary = METRICS[task][1:3]
+    secondary = METRICS[task][1:3] + [m for m in summary["extras"] if m.startswith("AP ")]
     has_pretrain = any(a["pretrain"] for a in summary["arms"])
     header = ["arm", "runs", f"{metric} (mean ± std)", f"Δ {metric} paired [95% CI]",
               "seeds above baseline"]
@@ -495,6 +515,14 @@ def markdown(spec, summary, rows, missing, command):
         if has_pretrain:
             cells.append(_fmt(stats["pretrain_top1"]))
         lines.append("| " + " | ".join(cells) + " |")
+    attention = [m for m in summary["extras"] if m.startswith("abs_A ")]
+    if attention:
+        lines += ["", "Mean |A| of the AW layers per stage at the end of training (mean ± std over "
+                  "seeds; AttentionStats in metrics.json):", "",
+                  "| arm | " + " | ".join(m.replace("abs_A", "mean \\|A\\|") for m in attention) + " |",
+                  "|" + "---|" * (len(attention) + 1)]
+        lines += [f"| `{a['arm']}` | " + " | ".join(_fmt(a["stats"][m], 3) for m in attention) + " |"
+                  for a in summary["arms"] if a["stats"][attention[0]]]
     seeds = sorted({r["seed"] for r in rows})
     lines += ["", f"Per seed ({metric}):", "", "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |",
               "|" + "---|" * (len(seeds) + 1)]

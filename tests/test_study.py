@@ -162,3 +162,18 @@ def test_study_reuses_resumes_and_refuses(tiny_study):
     os.remove(os.path.join(out, "study.md"))
     run_tool("study.py", spec, "--output", out, "--report-only")
     assert "| `base` (baseline) | 2 |" in open(os.path.join(out, "study.md")).read()
+
+
+def test_study_rows_carry_further_test_sets_and_the_final_attention(tmp_path):
+    from aw_detection.study import _final_attention, read_metrics
+
+    results = {"shapes_val": {"bbox": {"AP": 10.0, "AP50": 20.0}},
+               "shapes_train_eval": {"bbox": {"AP": 12.5}}}
+    (tmp_path / "eval_results.json").write_text(json.dumps(results))
+    metrics = read_metrics(str(tmp_path), "detection")
+    assert metrics["AP"] == 10.0 and metrics["AP50"] == 20.0 and metrics["AP shapes_train_eval"] == 12.5
+    records = [{"iteration": 19, "aw/res3/abs_A": 0.1, "aw/res5/abs_A": 0.3},
+               {"iteration": 30, "total_loss": 1.0},
+               {"iteration": 39, "aw/res3/abs_A": 0.2, "aw/res5/abs_A": 0.4, "aw/res5/abs_input": 9.0}]
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in records))
+    assert _final_attention(str(tmp_path)) == {"abs_A res3": 0.2, "abs_A res5": 0.4}

@@ -1,4 +1,4 @@
-"""The evidence tools on tiny settings: compare, demo, inspect_attention, run_demo."""
+"""The evidence tools on tiny settings: compare, demo, inspect_attention, analyze_model."""
 import csv
 import json
 import os
@@ -113,20 +113,6 @@ def test_attention_statistics_by_hand():
     assert stats["mass_moved"] == pytest.approx(0.25)  # mean over images of 0.5 and 0
     assert stats["max_abs"] == 0.5 and stats["mean"] == pytest.approx(0.25)
     assert stats["between_image_std"] > 0.9  # all variation is between the images
-
-
-def test_run_demo_trains_compares_and_reuses(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))  # shapes generated here
-    out = str(tmp_path / "demo")
-    opts = [o for o in TINY_OPTS if "tiny" not in o and o not in ("DATASETS.TRAIN", "DATASETS.TEST")]
-    args = ["--configs", "shapes_R_18_FPN", "shapes_R_18_FPN_aw", "--output", out,
-            *opts, "SOLVER.MAX_ITER", "2"]
-    proc = run_tool("run_demo.py", *args)
-    assert "[2/2] shapes_R_18_FPN_aw done" in proc.stdout
-    assert "| shapes_R_18_FPN_aw |" in proc.stdout
-    assert os.path.exists(os.path.join(out, "comparison.png"))
-    again = run_tool("run_demo.py", *args)
-    assert "finished earlier" in again.stdout and "  loss " not in again.stdout  # no training
 
 
 def test_analyze_model_counts_parameters_and_flops(tmp_path):

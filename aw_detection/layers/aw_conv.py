@@ -16,7 +16,9 @@ one per call and ``AWConv2d.path`` forces one (tests, benchmarks):
 - ``any_batch``: every sample's kernel applied to every sample, the diagonal kept. It never
   names the batch size, so a ``torch.jit.trace`` (which freezes Python control flow and the
   ``groups`` argument) or a ``torch.export`` with a dynamic batch stays correct at any N.
-  It costs one plain convolution at N = 1 and N times the FLOPs at N > 1.
+  It costs one plain convolution at N = 1 and N times the FLOPs at N > 1. ONNX export is the
+  exception: ONNX's Conv needs static kernel shapes, so there the batch is fixed at export
+  (``per_sample``) and onnxruntime refuses another one.
 
 The modulated kernels K + K * A are formed by plain tensor ops in traces and exports, and
 under autograd by ``_Modulate``, the same ops with a backward written for memory traffic.
@@ -330,6 +332,10 @@ class AWConv2d(nn.Module):
         """(1 + A[n]) * K for every sample: (N, out_channels, in_channels // groups, kh, kw),
         float32 under autocast."""
         n = x.shape[0]
+        if torch.onnx.is_in_onnx_export():
+            # ONNX's Conv needs each kernel's shape; a symbolic batch in the reshapes would
+            # leave it unknown. The file's batch is then fixed (another one is refused).
+            n = int(n)
         with self._float32_under_autocast(x) as dtype:
             hidden = self.generator.hidden(self._pooled(x, dtype))
             weight = self.weight if dtype is None else self.weight.to(dtype)
@@ -360,6 +366,8 @@ class AWConv2d(nn.Module):
         """The formulation ``forward(x)`` uses (see the module docstring)."""
         n = x.shape[0]
         symbolic = torch.jit.is_tracing() or not isinstance(n, int)
+        if torch.onnx.is_in_onnx_export() and self.path is None:
+            return "per_sample"  # static kernel shapes, batch fixed (see modulated_weight)
         if self.path is None:
             return _TRACE_PATH[0] if symbolic else select_path(n, x.device.type)
         if symbolic and self.path != "any_batch":
