@@ -3,10 +3,8 @@
 The path is Detectron2's own (``tools/deploy/export_model.py --export-method tracing``):
 :class:`detectron2.export.TracingAdapter` flattens the image inputs and the ``Instances`` outputs
 into tuples of tensors, ``torch.jit.trace`` records one graph, and PyTorch's TorchScript-based
-ONNX exporter (``torch.onnx.export(..., dynamo=False)``) converts the same trace. The one
-addition to that exporter is an exact ``adaptive_avg_pool2d`` for sizes unknown at export time
-(:func:`onnx_adaptive_pooling`): AW's generator pools every map to the kernel size, and the
-built-in symbolic needs the input size to be fixed and a multiple of the output size.
+ONNX exporter (``torch.onnx.export(..., dynamo=False)``) converts the same trace (AWConv2d
+writes its adaptive pooling for ONNX itself, so image sizes stay dynamic).
 
 An exported model takes ``batch`` images, each a float32 (3, H, W) tensor in the model's input
 format, already resized, of any H and W, and returns Detectron2's flattened outputs per image:
@@ -39,7 +37,7 @@ from .errors import UserError
 
 __all__ = ["FORMATS", "ONNX_OPSET", "ExportError", "compare_outputs", "export",
            "export_benchmark", "export_benchmark_table", "export_model", "image_tensor",
-           "load_exported", "onnx_adaptive_pooling", "output_names", "per_image",
+           "load_exported", "output_names", "per_image",
            "sample_images", "traceable_model", "verify_export"]
 
 logger = logging.getLogger("aw_detection")
@@ -48,8 +46,7 @@ FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
 DEPLOY_INFO = "deploy.json"
 # 16 is the first opset whose RoiAlign has half_pixel coordinates, i.e. Detectron2's
 # ROIAlign(aligned=True) (below it torchvision can only warn that aligned=True is unsupported).
-# 17, the one tested here, is the last whose ReduceMean takes its axes as an attribute, as
-# _adaptive_avg_pool2d_symbolic writes it.
+# 17 is the one tested here.
 ONNX_OPSET = 17
 # Parity tolerances: float32 rounding through a deep network, not method differences.
 SCORE_TOL = 1e-4
@@ -133,39 +130,6 @@ def _input_names(batch):
     return ["image" + _suffix(i, batch) for i in range(batch)]
 
 
-def _adaptive_avg_pool2d_symbolic(g, x, output_size):
-    """ONNX for adaptive_avg_pool2d at any input size: bin i of an axis of length L spans
-    [floor(i L / n), ceil((i + 1) L / n)) as in PyTorch; a mean over columns, then over rows."""
-    def const(value):
-        return g.op("Constant", value_t=torch.tensor([value], dtype=torch.int64))
-
-    for axis, bins in ((3, output_size[1]), (2, output_size[0])):
-        length = g.op("Shape", x, start_i=axis, end_i=axis + 1)
-        pieces = []
-        for i in range(bins):
-            start = g.op("Div", g.op("Mul", length, const(i)), const(bins))
-            end = g.op("Div", g.op("Add", g.op("Mul", length, const(i + 1)), const(bins - 1)),
-                       const(bins))
-            piece = g.op("Slice", x, start, end, const(axis))
-            pieces.append(g.op("ReduceMean", piece, axes_i=[axis], keepdims_i=1))
-        x = g.op("Concat", *pieces, axis_i=axis) if bins > 1 else pieces[0]
-    return x
-
-
-@contextlib.contextmanager
-def onnx_adaptive_pooling(opset=ONNX_OPSET):
-    """Within the block, torch.onnx.export (dynamo=False) writes adaptive_avg_pool2d with
-    :func:`_adaptive_avg_pool2d_symbolic`, so AW models keep dynamic image sizes in ONNX."""
-    from torch.onnx import symbolic_helper
-
-    symbolic = symbolic_helper.parse_args("v", "is")(_adaptive_avg_pool2d_symbolic)
-    torch.onnx.register_custom_op_symbolic("aten::adaptive_avg_pool2d", symbolic, opset)
-    try:
-        yield
-    finally:
-        torch.onnx.unregister_custom_op_symbolic("aten::adaptive_avg_pool2d", opset)
-
-
 @contextlib.contextmanager
 def _known_warnings_silenced():
     """Warnings every export raises that say nothing about this model."""
@@ -221,7 +185,7 @@ def export_model(adapter, images, fmt, output_dir):
             axes.update({name: {0: "detections" + _suffix(i, batch)}
                          for name, i, field in outputs if field != "image_size"})
             try:
-                with onnx_adaptive_pooling(), _native_stdout_dropped():
+                with _native_stdout_dropped():
                     torch.onnx.export(adapter, images, path, dynamo=False,
                                       opset_version=ONNX_OPSET,
                                       input_names=_input_names(batch),

@@ -10,7 +10,6 @@ import sysconfig
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from detectron2.data.catalog import Metadata
 from detectron2.export.flatten import flatten_to_tuple
 from detectron2.modeling import GeneralizedRCNN, build_model
@@ -21,7 +20,7 @@ from aw_detection.data import read_image
 from aw_detection.errors import UserError
 from aw_detection.export import (ExportError, compare_outputs, export, export_benchmark,
                                  export_model, image_tensor, load_exported,
-                                 onnx_adaptive_pooling, output_names, traceable_model)
+                                 output_names, traceable_model)
 from aw_detection.layers import AWConv2d
 
 from .conftest import ROOT, run_tool
@@ -178,25 +177,6 @@ def test_aa_map_beyond_its_tables_is_refused(fmt, tmp_path):
         _eager(model, [large])
     with pytest.raises(Exception):
         run(large)
-
-
-@pytest.mark.parametrize("bins", [(3, 3), (1, 1), (2, 5)])
-def test_onnx_adaptive_pooling_is_exact_at_any_size(bins, tmp_path):
-    import onnxruntime
-
-    class Pool(torch.nn.Module):
-        def forward(self, x):
-            return F.adaptive_avg_pool2d(x, bins)
-
-    path = str(tmp_path / "pool.onnx")
-    with onnx_adaptive_pooling():
-        torch.onnx.export(Pool(), (torch.rand(1, 2, 9, 9),), path, dynamo=False, opset_version=17,
-                          input_names=["x"], dynamic_axes={"x": {0: "n", 1: "c", 2: "h", 3: "w"}})
-    session = onnxruntime.InferenceSession(path)
-    for shape in [(1, 2, 9, 9), (2, 3, 7, 11), (1, 1, 2, 13), (1, 2, 50, 67), (1, 1, 1, 5)]:
-        x = torch.randn(shape)
-        out = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
-        torch.testing.assert_close(out, F.adaptive_avg_pool2d(x, bins), atol=1e-6, rtol=1e-6)
 
 
 def test_compare_outputs_pairs_tied_detections_and_flags_differences():
