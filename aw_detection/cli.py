@@ -7,7 +7,8 @@ import sys
 from .config import load_config, load_run_config
 from .errors import UserError
 
-__all__ = ["user_errors", "add_model_arguments", "model_config", "DIVERGED_EXIT", "USER_ERROR_EXIT"]
+__all__ = ["user_errors", "add_model_arguments", "model_config", "add_dataset_arguments",
+           "launch_main", "DIVERGED_EXIT", "USER_ERROR_EXIT"]
 
 USER_ERROR_EXIT = 2
 DIVERGED_EXIT = 3
@@ -66,3 +67,25 @@ def model_config(args):
     if args.run:
         return load_run_config(args.run, args.opts)
     return load_config(args.config_file, args.opts)
+
+
+def add_dataset_arguments(parser):
+    """--dataset NAME=ANNOTATIONS.json:IMAGE_DIR (repeatable) and --debug."""
+    parser.add_argument("--dataset", action="append", default=[],
+                        metavar="NAME=ANNOTATIONS.json:IMAGE_DIR",
+                        help="register (and validate) a COCO-format dataset under NAME; repeatable")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
+    return parser
+
+
+def launch_main(main, args):
+    """Detectron2's ``launch`` with default_argument_parser's process flags; a worker that
+    exited (after printing its own one-line error) gives its exit status."""
+    from detectron2.engine import launch
+    from torch.multiprocessing import ProcessExitedException
+
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    except ProcessExitedException as e:
+        sys.exit(e.exit_code)

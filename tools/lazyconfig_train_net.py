@@ -16,7 +16,6 @@ train.output_dir/eval_results.json.
 """
 import logging
 import os
-import sys
 
 import torch
 
@@ -28,16 +27,14 @@ from detectron2.engine import (
     default_setup,
     default_writers,
     hooks,
-    launch,
 )
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
-from torch.multiprocessing import ProcessExitedException
 
 import aw_detection  # noqa: F401  (registers backbones and datasets)
 from aw_detection.checkpoint import AWCheckpointer
-from aw_detection.cli import DropDivergedTraceback, user_errors
+from aw_detection.cli import DropDivergedTraceback, add_dataset_arguments, launch_main, user_errors
 from aw_detection.data import prepare_datasets
 from aw_detection.errors import UserError
 from aw_detection.evaluation import write_eval_results
@@ -116,18 +113,8 @@ def main(args):
 
 
 def parser():
-    p = default_argument_parser()
-    p.add_argument("--dataset", action="append", default=[],
-                   metavar="NAME=ANNOTATIONS.json:IMAGE_DIR",
-                   help="register (and validate) a COCO-format dataset under NAME; repeatable")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
-    return p
+    return add_dataset_arguments(default_argument_parser())
 
 
 if __name__ == "__main__":
-    args = parser().parse_args()
-    try:
-        launch(main, args.num_gpus, num_machines=args.num_machines,
-               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
-    except ProcessExitedException as e:  # a worker already printed its error
-        sys.exit(e.exit_code)
+    launch_main(main, parser().parse_args())

@@ -9,15 +9,13 @@
 Its OUTPUT_DIR/model_final.pth is MODEL.WEIGHTS for the detection configs with the same
 backbone; OUTPUT_DIR/eval_results.json holds {"top1": %, "top5": %}.
 """
-import sys
 
-from detectron2.engine import default_argument_parser, launch
-from torch.multiprocessing import ProcessExitedException
+from detectron2.engine import default_argument_parser
 
 import aw_detection  # noqa: F401  (registers the classifier and backbones)
 from aw_detection.checkpoint import AWCheckpointer
 from aw_detection.classification import ClassificationTrainer, setup_classification
-from aw_detection.cli import user_errors
+from aw_detection.cli import launch_main, user_errors
 
 
 def main(args):
@@ -46,9 +44,4 @@ def parser():
 
 
 if __name__ == "__main__":
-    args = parser().parse_args()
-    try:
-        launch(main, args.num_gpus, num_machines=args.num_machines,
-               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
-    except ProcessExitedException as e:  # a worker already printed its error
-        sys.exit(e.exit_code)
+    launch_main(main, parser().parse_args())

@@ -6,14 +6,12 @@
     tools/train_net.py --config-file CFG --dataset mine_train=a.json:imgs \\
         --dataset mine_val=b.json:imgs DATASETS.TRAIN '("mine_train",)' DATASETS.TEST '("mine_val",)'
 """
-import sys
 
-from detectron2.engine import default_argument_parser, launch
-from torch.multiprocessing import ProcessExitedException
+from detectron2.engine import default_argument_parser
 
 import aw_detection  # noqa: F401  (registers backbones and datasets)
 from aw_detection.checkpoint import AWCheckpointer
-from aw_detection.cli import user_errors
+from aw_detection.cli import add_dataset_arguments, launch_main, user_errors
 from aw_detection.engine import Trainer, setup
 
 
@@ -35,18 +33,8 @@ def main(args):
 
 
 def parser():
-    p = default_argument_parser()
-    p.add_argument("--dataset", action="append", default=[],
-                   metavar="NAME=ANNOTATIONS.json:IMAGE_DIR",
-                   help="register (and validate) a COCO-format dataset under NAME; repeatable")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
-    return p
+    return add_dataset_arguments(default_argument_parser())
 
 
 if __name__ == "__main__":
-    args = parser().parse_args()
-    try:
-        launch(main, args.num_gpus, num_machines=args.num_machines,
-               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
-    except ProcessExitedException as e:  # a worker already printed its error
-        sys.exit(e.exit_code)
+    launch_main(main, parser().parse_args())

@@ -8,13 +8,11 @@ context around its visible box. Each class gets the same number of crops. Every 
 only on (seed, split, index).
 """
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image
 
-from ..data.shapes import SHAPES_CLASSES, _draw_image
+from ..data.shapes import SHAPES_CLASSES, _draw_image, ensure_generated
 
 __all__ = ["SHAPES_CLASSIFICATION", "shapes_classification_root", "generate_shapes_classification",
            "ensure_shapes_classification"]
@@ -69,17 +67,7 @@ def generate_shapes_classification(out_dir, split, per_class, seed):
 
 def ensure_shapes_classification(root=None):
     """Generate every split under ``root`` unless already there; safe with several processes."""
-    root = root or shapes_classification_root()
-    if os.path.exists(os.path.join(root, "DONE")):
-        return root
-    parent = os.path.dirname(os.path.abspath(root))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".shapes-cls-", dir=parent)
-    for split, (per_class, seed) in SPLITS.items():
-        generate_shapes_classification(tmp, split, per_class, seed)
-    open(os.path.join(tmp, "DONE"), "w").close()
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    def write(folder):
+        for split, (per_class, seed) in SPLITS.items():
+            generate_shapes_classification(folder, split, per_class, seed)
+    return ensure_generated(root or shapes_classification_root(), write)

@@ -14,7 +14,8 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES_CLASSES", "SPLITS", "generate_shapes", "shapes_root", "ensure_shapes"]
+__all__ = ["SHAPES_CLASSES", "SPLITS", "generate_shapes", "shapes_root", "ensure_generated",
+           "ensure_shapes"]
 
 SHAPES_CLASSES = ["circle", "rectangle", "triangle", "star", "cross"]
 # name -> (number of images, seed). Bump VERSION when drawing changes: it names the cache.
@@ -123,19 +124,26 @@ def generate_shapes(out_dir, split, num_images, seed):
     return json_file
 
 
-def ensure_shapes(root=None):
-    """Generate every split under ``root`` unless already there; safe with several processes."""
-    root = root or shapes_root()
+def ensure_generated(root, write):
+    """``write(folder)`` once into ``root`` unless it is there: written aside and renamed, so
+    that several processes may ask at once and a killed one leaves no half-written set."""
     if os.path.exists(os.path.join(root, "DONE")):
         return root
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".shapes-", dir=parent)
-    for split, (num_images, seed) in SPLITS.items():
-        generate_shapes(tmp, split, num_images, seed)
+    tmp = tempfile.mkdtemp(prefix=".generating-", dir=parent)
+    write(tmp)
     open(os.path.join(tmp, "DONE"), "w").close()
     try:
         os.rename(tmp, root)
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def ensure_shapes(root=None):
+    """Generate every split under ``root`` unless already there; safe with several processes."""
+    def write(folder):
+        for split, (num_images, seed) in SPLITS.items():
+            generate_shapes(folder, split, num_images, seed)
+    return ensure_generated(root or shapes_root(), write)
