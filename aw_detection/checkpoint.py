@@ -17,7 +17,7 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from fvcore.common.checkpoint import _IncompatibleKeys
 
 from .backbone_weights import adapt_backbone_checkpoint
-from .errors import UserError
+from .errors import UserError, few
 from .layers import AAConv2d
 
 __all__ = ["AWCheckpointer", "is_attention_param"]
@@ -28,11 +28,6 @@ ATTENTION_MARKERS = (".generator.", ".act_attention.", ".attention_branch.")
 
 def is_attention_param(name):
     return any(marker in name for marker in ATTENTION_MARKERS)
-
-
-def _few(items, n=5):
-    items = list(items)
-    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 class AWCheckpointer(DetectionCheckpointer):
@@ -135,13 +130,13 @@ class AWCheckpointer(DetectionCheckpointer):
                    and not is_attention_param(k) and not k.endswith("num_batches_tracked")]
         problems = []
         if incompatible.incorrect_shapes:
-            problems.append("tensors of other shapes: " + _few(
+            problems.append("tensors of other shapes: " + few(
                 f"{k} {tuple(c)} in the checkpoint, {tuple(m)} in the model"
                 for k, c, m in incompatible.incorrect_shapes))
         if missing:
-            problems.append("model parameters it lacks: " + _few(missing))
+            problems.append("model parameters it lacks: " + few(missing))
         if incompatible.unexpected_keys:
-            problems.append("tensors the model lacks: " + _few(incompatible.unexpected_keys))
+            problems.append("tensors the model lacks: " + few(incompatible.unexpected_keys))
         if not problems:
             return
         counts = self._class_counts(incompatible.incorrect_shapes)
@@ -173,7 +168,7 @@ class AWCheckpointer(DetectionCheckpointer):
             self.logger.info(
                 f"{len(incompatible.incorrect_shapes)} checkpoint tensors do not fit the model and "
                 f"keep their initialisation{why}: "
-                + _few(k for k, _, _ in incompatible.incorrect_shapes))
+                + few(k for k, _, _ in incompatible.incorrect_shapes))
         misshapen = {k for k, _, _ in incompatible.incorrect_shapes}  # reported above
         rest = [k for k in incompatible.missing_keys
                 if not is_attention_param(k) and k not in misshapen]

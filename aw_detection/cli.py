@@ -18,7 +18,8 @@ DIVERGED_EXIT = 3
 def user_errors(debug=False, run=None):
     """UserError -> "error: ..." on stderr, exit 2. A diverged loss (Detectron2's
     FloatingPointError) -> a message naming the iteration and the last good checkpoint, exit 3.
-    ``run``: a dict the caller fills as it goes ("output_dir", "trainer").
+    ``run``: a dict the caller fills as it goes ("output_dir", "trainer"; "lower" and "restart"
+    name its config's keys when they are not the yacs ones).
     With ``debug`` the exception propagates with its traceback."""
     run = {} if run is None else run
     try:
@@ -39,10 +40,12 @@ def user_errors(debug=False, run=None):
             with open(os.path.join(output_dir, "last_checkpoint")) as f:
                 last = os.path.join(output_dir, f.read().strip())
         # Not --resume: it would restore the optimizer and scheduler with the old LR.
+        restart = run.get("restart", "MODEL.WEIGHTS {}").format(last)
         kept = (f"The last good checkpoint is {last}; after the change, start from it with "
-                f"MODEL.WEIGHTS {last}." if last else "No checkpoint was written before it.")
-        print(f"error: training stopped{where}: {first_line} Lower SOLVER.BASE_LR or enable "
-              f"SOLVER.CLIP_GRADIENTS.ENABLED True. {kept}", file=sys.stderr, flush=True)
+                f"{restart}." if last else "No checkpoint was written before it.")
+        lower = run.get("lower", "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS.ENABLED True.")
+        print(f"error: training stopped{where}: {first_line} {lower} {kept}", file=sys.stderr,
+              flush=True)
         sys.exit(DIVERGED_EXIT)
 
 

@@ -122,7 +122,7 @@ def load_config(config_file, opts=()):
         raise _config_error(cfg, config_file, e)
     except FileNotFoundError as e:  # a missing _BASE_
         raise UserError(f"{config_file}: {e}")
-    flags = [o for o in list(opts)[::2] if str(o).startswith("--")]
+    flags = [o for o in opts if str(o).startswith("--")]
     if flags:
         raise UserError(f"{flags[0]} comes after the KEY VALUE overrides, which take the rest of "
                         "the command line: put options first")

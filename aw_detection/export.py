@@ -219,7 +219,8 @@ def load_exported(path, threads=None):
         names = [i.name for i in session.get_inputs()]
 
         def run(*images):
-            outputs = session.run(None, {n: x.numpy() for n, x in zip(names, images, strict=True)})
+            outputs = session.run(None, {n: x.cpu().numpy()
+                                         for n, x in zip(names, images, strict=True)})
             return tuple(torch.from_numpy(o) for o in outputs)
     else:
         with _known_warnings_silenced():
@@ -322,7 +323,9 @@ def verify_export(adapter, path, image_sets):
         with torch.no_grad():
             reference = adapter(*images)
         try:
-            stats = compare_outputs(adapter.outputs_schema, reference, run(*images))
+            # onnxruntime answers on the CPU whatever device the model was traced on.
+            exported = [t.to(reference[0].device) for t in run(*images)]
+            stats = compare_outputs(adapter.outputs_schema, reference, exported)
             failure = stats["unmatched"] and (
                 f"the detections of {stats['unmatched']} of {len(images)} images differ beyond "
                 f"tolerance (max |diff| {stats['max_abs_diff']})")

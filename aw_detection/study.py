@@ -107,6 +107,8 @@ def load_spec(path):
     if len(set(seeds)) != len(seeds):
         raise UserError(f"{path}: 'seeds' has duplicates")
     pretrain = {}
+    if not isinstance(spec.get("pretrain") or {}, dict):
+        raise UserError(f"{path}: 'pretrain' must map names to {{config, opts}}")
     for name, entry in (spec.get("pretrain") or {}).items():
         where = f"{path}: pretrain {name}"
         if not isinstance(entry, dict):

@@ -35,8 +35,10 @@ def test_strict_loading_accepts_a_checkpoint_of_the_same_model(tmp_path):
 
 
 def test_strict_loading_allows_only_attention_to_be_missing(tmp_path, caplog):
-    path, _ = _checkpoint(tmp_path, DEMO_CONFIG)  # a baseline: AW starts at zero, exactly it
-    _strict_load(AW_CONFIG, path)
+    path, state = _checkpoint(tmp_path, DEMO_CONFIG)  # a baseline: AW starts at zero, exactly it
+    loaded = _strict_load(AW_CONFIG, path).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert all(not loaded[k].any() for k in loaded if ".generator.expand." in k)
     path, _ = _checkpoint(tmp_path, AW_CONFIG, drop=["roi_heads.box_head.fc1.weight"])
     with pytest.raises(UserError, match="model parameters it lacks: roi_heads.box_head.fc1.weight"):
         _strict_load(AW_CONFIG, path)

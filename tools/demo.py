@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import aw_detection  # noqa: F401  (registers backbones and datasets)
 from aw_detection.data import prepare_datasets
-from aw_detection.cli import add_model_arguments, model_config, user_errors
+from aw_detection.cli import add_dataset_arguments, add_model_arguments, model_config, user_errors
 from aw_detection.inference import Predictor, detections_to_json, list_images
 
 
@@ -27,10 +27,7 @@ def main():
     p.add_argument("--input", required=True, help="an image, a folder or a glob pattern")
     p.add_argument("--output", required=True, help="folder for the drawn images and detections.json")
     p.add_argument("--confidence", type=float, default=0.5, help="minimum score to draw and list")
-    p.add_argument("--dataset", action="append", default=[], metavar="NAME=ANNOTATIONS.json:IMAGE_DIR",
-                   help="register a COCO dataset (class names for configs that do not name "
-                   "them, via DATASETS.TEST)")
-    p.add_argument("--debug", action="store_true")
+    add_dataset_arguments(p)  # --dataset: class names for configs that do not name them
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. MODEL.WEIGHTS")
     args = p.parse_args()
 

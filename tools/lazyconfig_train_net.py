@@ -62,14 +62,15 @@ def ddp(model, cfg):
                             **cfg.train.ddp)
 
 
-def do_train(args, cfg):
+def do_train(args, cfg, run):
     model = instantiate(cfg.model).to(cfg.train.device)
     logger.info(f"Model:\n{model}")
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
     model = ddp(model, cfg)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    trainer = run["trainer"] = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
+        model, train_loader, optimizer)
     checkpointer = AWCheckpointer(model, cfg.train.output_dir, optimizer=optimizer, trainer=trainer)
     trainer.register_hooks([
         hooks.IterationTimer(),
@@ -89,7 +90,7 @@ def do_train(args, cfg):
 
 def main(args):
     # Runs in every worker (launch() spawns fresh processes), so datasets register here.
-    run = {}
+    run = {"lower": "Lower optimizer.lr.", "restart": "train.init_checkpoint={}"}
     with user_errors(args.debug, run):
         cfg = load_lazy_config(args.config_file, args.opts)
         run["output_dir"] = cfg.train.output_dir
@@ -109,7 +110,7 @@ def main(args):
             model = instantiate(cfg.model).to(cfg.train.device).eval()
             AWCheckpointer(model, strict=True).load(cfg.train.init_checkpoint)
             return do_test(cfg, ddp(model, cfg))
-        do_train(args, cfg)
+        do_train(args, cfg, run)
 
 
 def parser():

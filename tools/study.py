@@ -36,6 +36,8 @@ def main():
     p.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="overrides for every run")
     args = p.parse_intermixed_args()  # flags may follow the spec and the overrides
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
 
     with user_errors(args.debug):
         spec = load_spec(args.spec)

@@ -22,7 +22,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from ..data import read_image
-from ..errors import UserError
+from ..errors import UserError, few
 from .shapes import SHAPES_CLASSIFICATION, ensure_shapes_classification
 
 __all__ = ["resolve_image_folder", "check_image_folder", "ClassificationFolder",
@@ -48,11 +48,6 @@ def _classes(split_dir):
     return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
 
 
-def _few(items, n=5):
-    items = list(items)
-    return ", ".join(map(str, items[:n])) + (f" and {len(items) - n} more" if len(items) > n else "")
-
-
 def _check_headers(paths):
     unreadable = []
     for path in paths:
@@ -62,7 +57,7 @@ def _check_headers(paths):
         except READ_ERRORS as e:
             unreadable.append(f"{path} ({e})")
     if unreadable:
-        raise UserError(f"{len(unreadable)} file(s) cannot be read as images: {_few(unreadable, 3)}; "
+        raise UserError(f"{len(unreadable)} file(s) cannot be read as images: {few(unreadable, 3)}; "
                         "replace or remove them")
 
 
@@ -86,7 +81,7 @@ def check_image_folder(root, check_headers=True):
         only_train = sorted(set(classes["train"]) - set(classes["val"]))
         only_val = sorted(set(classes["val"]) - set(classes["train"]))
         raise UserError(f"{root}: train/ and val/ have different classes (only in train: "
-                        f"{_few(only_train) or '-'}; only in val: {_few(only_val) or '-'}); "
+                        f"{few(only_train) or '-'}; only in val: {few(only_val) or '-'}); "
                         "both need the same class folders")
     index = {name: i for i, name in enumerate(classes["train"])}
     start, paths = time.perf_counter(), []
@@ -96,7 +91,7 @@ def check_image_folder(root, check_headers=True):
         found = {label for _, label in samples}
         empty = [name for name, i in index.items() if i not in found]
         if empty:
-            raise UserError(f"{split_dir}: class folder(s) without images: {_few(empty)} "
+            raise UserError(f"{split_dir}: class folder(s) without images: {few(empty)} "
                             f"(image files end with {', '.join(IMG_EXTENSIONS)}); add images or "
                             "remove the folder from train/ and val/")
         paths += [path for path, _ in samples]

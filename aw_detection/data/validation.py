@@ -21,7 +21,7 @@ import os
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..errors import UserError
+from ..errors import UserError, few
 
 __all__ = ["validate_coco", "DatasetSummary"]
 
@@ -38,11 +38,6 @@ class DatasetSummary(dict):
     def line(self):
         return (f"dataset {self['name']}: {self['images']} images, {self['boxes']} boxes, "
                 f"{len(self['categories'])} classes ({self['json_file']})")
-
-
-def _few(ids):
-    ids = list(ids)
-    return ", ".join(str(i) for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
 
 
 def _is_number(value):
@@ -85,7 +80,7 @@ def _check_entries(items, fields, where):
             dups.append(item["id"])
         seen.add(item["id"])
     if dups:
-        raise UserError(f"{where}: duplicate ids {_few(sorted(set(dups), key=str))}; ids must be unique")
+        raise UserError(f"{where}: duplicate ids {few(sorted(set(dups), key=str))}; ids must be unique")
     return seen
 
 
@@ -97,7 +92,7 @@ def _check_category_names(categories, json_file):
     shared = {n: ids for n, ids in ids_by_name.items() if len(ids) > 1}
     if shared:
         name, ids = next(iter(shared.items()))
-        raise UserError(f"{json_file}: categories {_few(ids)} are all named {name!r}; give each "
+        raise UserError(f"{json_file}: categories {few(ids)} are all named {name!r}; give each "
                         "category its own name (or merge them into one id)")
 
 
@@ -136,14 +131,14 @@ def _check_images(data, image_root, json_file, name):
                               f"{size[0]}x{size[1]})")
     if missing:
         raise UserError(f"{name}: {len(missing)} image file(s) listed in {json_file} are not "
-                        f"in {image_root}: {_few(missing)}; fix file_name or the image folder")
+                        f"in {image_root}: {few(missing)}; fix file_name or the image folder")
     if unreadable:
         raise UserError(f"{name}: {len(unreadable)} image file(s) in {image_root} cannot be "
-                        f"read as images: {_few(unreadable)}; replace or remove them")
+                        f"read as images: {few(unreadable)}; replace or remove them")
     if mismatched:
         raise UserError(
             f"{json_file}: {len(mismatched)} image(s) have a width x height other than their "
-            f"file's, as displayed after EXIF rotation: {_few(mismatched)}. Boxes would be "
+            f"file's, as displayed after EXIF rotation: {few(mismatched)}. Boxes would be "
             "placed on the wrong extent: re-export the annotations for these files (an "
             "annotation tool that ignored EXIF orientation is a common cause)")
     return filled
@@ -174,7 +169,7 @@ def _fix_annotations(data, json_file, image_ids, category_ids, need_masks):
             raise UserError(f"{where} refers to image_id={ann['image_id']}, which is not in 'images'")
         if ann["category_id"] not in category_ids:
             raise UserError(f"{where} has category_id={ann['category_id']}, which is not in "
-                            f"'categories' (known: {_few(sorted(category_ids, key=str))})")
+                            f"'categories' (known: {few(sorted(category_ids, key=str))})")
         bbox = ann["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
             raise UserError(f"{where}: bbox must be [x, y, width, height] of finite numbers, "
@@ -224,11 +219,11 @@ def validate_coco(json_file, image_root, name, training=False, need_masks=False)
     sized = _check_images(data, image_root, json_file, name)
     if sized:
         logger.warning(f"{json_file}: {len(sized)} images lack height/width; filled in from the "
-                       f"files as displayed (image ids {_few(sized)})")
+                       f"files as displayed (image ids {few(sized)})")
     kept, fixes = _fix_annotations(data, json_file, image_ids, category_ids, need_masks)
     for kind, ids in fixes.items():
         if ids:
-            logger.warning(f"{json_file}: {len(ids)} {FIX_MESSAGES[kind]} (annotation ids {_few(ids)})")
+            logger.warning(f"{json_file}: {len(ids)} {FIX_MESSAGES[kind]} (annotation ids {few(ids)})")
     if training and not kept:
         raise UserError(f"{json_file}: training set {name} has no (valid) annotations; "
                         "there is nothing to learn from")
