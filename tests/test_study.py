@@ -55,7 +55,9 @@ def test_paired_interval_uses_only_seeds_both_arms_have():
 @pytest.mark.parametrize("name", sorted(os.listdir(STUDIES)))
 def test_shipped_specs_load(name):
     spec = load_spec(os.path.join(STUDIES, name))
-    assert spec["baseline"] == spec["arms"][0]["name"] and len(spec["seeds"]) >= 3
+    # Evidence specs need 3+ seeds; `make demo` pairs 2 to fit its time (and says so).
+    assert spec["baseline"] == spec["arms"][0]["name"]
+    assert len(spec["seeds"]) >= (2 if name == "demo.yaml" else 3)
     for arm in spec["arms"]:
         load_config(arm["config"], arm["opts"])  # every arm's config and overrides merge
     for entry in spec["pretrain"].values():
