@@ -1,5 +1,6 @@
 """AWConv2d: every formulation against the per-sample reference, invariants, tracing and
 export at other batch sizes, FLOPs."""
+import threading
 import warnings
 
 import pytest
@@ -11,8 +12,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from aw_detection.layers import AWConv2d, aw_conv2d_reference, flop_count
 from aw_detection.layers.aw_conv import (
     PATHS,
+    SCRATCH_LIMIT_BYTES,
     _adaptive_avg_pool2d_onnx,
     _modulate,
+    _scratch_tensor,
     select_path,
     set_expand_dtype,
 )
@@ -126,6 +129,49 @@ def test_samples_are_independent():
         layer.path = path
         torch.testing.assert_close(layer(x)[0], layer(y)[0], atol=1e-12, rtol=0, msg=path)
         torch.testing.assert_close(layer(x)[0], layer(x[:1])[0], atol=1e-12, rtol=0, msg=path)
+
+
+def test_layers_sharing_scratch_memory_match_the_reference():
+    # CPU inference reuses one scratch tensor per thread across layers of different shapes.
+    torch.manual_seed(0)
+    layers = [_randomised(AWConv2d(8, 16, 3, padding=1), seed=1),
+              _randomised(AWConv2d(16, 16, 3, padding=1, attention_groups=4), seed=2),
+              _randomised(AWConv2d(16, 8, 1), seed=3)]
+    x = torch.randn(2, 8, 9, 9)
+    expected = x
+    for layer in layers:
+        expected = aw_conv2d_reference(layer, expected)
+    with torch.no_grad():
+        out = x
+        for layer in layers:
+            out = layer(out)
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+def test_modulated_weight_is_not_overwritten_by_later_calls():
+    layer = _randomised(AWConv2d(8, 16, 3, padding=1))
+    x = torch.randn(1, 8, 9, 9)
+    with torch.no_grad():
+        kernels = layer.modulated_weight(x)
+        kept = kernels.clone()
+        layer(torch.randn(1, 8, 9, 9))
+        layer.modulated_weight(torch.randn(1, 8, 9, 9))
+    assert torch.equal(kernels, kept)
+
+
+def test_scratch_memory_is_per_thread_and_bounded():
+    like = torch.empty(0)
+    mine = _scratch_tensor("kernels", (4, 5), like).data_ptr()  # alive in this thread's scratch
+    theirs = []
+    thread = threading.Thread(
+        target=lambda: theirs.append(_scratch_tensor("kernels", (4, 5), like).data_ptr()))
+    thread.start()
+    thread.join()
+    assert theirs and theirs[0] != mine
+    assert _scratch_tensor("kernels", (2, 5), like).data_ptr() == mine  # reused in a thread
+    big = (SCRATCH_LIMIT_BYTES // like.element_size() + 1,)
+    assert _scratch_tensor("kernels", big, like).data_ptr() != mine
+    assert _scratch_tensor("kernels", (4, 5), like).data_ptr() == mine  # not replaced
 
 
 @pytest.mark.parametrize("path", ["plain", "per_sample", "any_batch"])  # grouped: see above

@@ -24,6 +24,7 @@ The modulated kernels K + K * A are formed by plain tensor ops in traces and exp
 under autograd by ``_Modulate``, the same ops with a backward written for memory traffic.
 """
 import contextlib
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -94,14 +95,41 @@ class AttentionGenerator(nn.Module):
         taps = pooled.reshape(n, c, -1).transpose(1, 2).reshape(-1, c)
         return F.relu(F.linear(taps, self.reduce.weight.flatten(1), self.reduce.bias))
 
-    def rows(self, hidden):
+    def rows(self, hidden, out=None):
         """expand(hidden): (C_rows, N * kh * kw), in the dtype ``expand`` is stored in."""
         hidden = hidden.to(self.expand.weight.dtype)
-        return torch.addmm(self.expand.bias[:, None], self.expand.weight.flatten(1), hidden.t())
+        return torch.addmm(self.expand.bias[:, None], self.expand.weight.flatten(1), hidden.t(),
+                           out=out)
 
     def forward(self, pooled):
         n, _, kh, kw = pooled.shape
         return self.rows(self.hidden(pooled)).view(-1, n, kh, kw).transpose(0, 1)
+
+
+# CPU inference writes the generator's rows and the modulated kernels into scratch tensors
+# reused across calls and layers: a fresh tensor of a few MB is page-faulted again on every
+# call (glibc hands such blocks back to the kernel). Per thread, so concurrent callers never
+# share one; within a thread the layers run one after another on CPU (synchronous) and each
+# consumes its kernels before returning. Larger requests are allocated fresh, so a large
+# batch does not pin its kernels' memory.
+SCRATCH_LIMIT_BYTES = 64 * 2 ** 20
+_scratch = threading.local()
+
+
+def _scratch_tensor(slot, shape, like, reuse=True):
+    """An uninitialised tensor of ``shape`` on ``like``'s device and dtype: from this thread's
+    scratch ``slot`` when ``reuse``, on CPU and small enough, else fresh."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    if (not reuse or like.device.type != "cpu"
+            or numel * like.element_size() > SCRATCH_LIMIT_BYTES):
+        return like.new_empty(shape)
+    slots = _scratch.__dict__
+    buf = slots.get(slot)
+    if buf is None or buf.dtype != like.dtype or buf.numel() < numel:
+        buf = slots[slot] = like.new_empty(numel)
+    return buf[:numel].view(shape)
 
 
 def _attention_view(rows, channels_per_group, n, taps):
@@ -151,7 +179,9 @@ class _Modulate(torch.autograd.Function):
             for i in range(1, n):
                 grad_weight.add_(grad[i]).addcmul_(grad[i], a[i])
             grad_weight = grad_weight.view_as(weight)
-        grad_rows = torch.empty_like(rows)
+        # Scratch: grad_rows is consumed within this backward (CPU autograd runs the layers'
+        # backwards one after another in the calling thread).
+        grad_rows = _scratch_tensor("grad_rows", rows.shape, rows)
         target = _attention_view(grad_rows, cpg, n, kh * kw)
         k = weight.reshape(groups, c_out // groups, cpg, kh * kw)
         if c_out == groups:  # AW-full: one output channel per row, nothing to sum
@@ -328,9 +358,10 @@ class AWConv2d(nn.Module):
         rows = rows.reshape(x.shape[0], self.attention_groups, -1, *self.kernel_size)
         return rows.repeat_interleave(self.out_channels // self.attention_groups, dim=1)
 
-    def modulated_weight(self, x):
+    def modulated_weight(self, x, scratch=False):
         """(1 + A[n]) * K for every sample: (N, out_channels, in_channels // groups, kh, kw),
-        float32 under autocast."""
+        float32 under autocast. With ``scratch`` (forward's own calls) the result may live in
+        this thread's scratch memory, overwritten by the next AWConv2d call."""
         n = x.shape[0]
         if torch.onnx.is_in_onnx_export():
             # ONNX's Conv needs each kernel's shape; a symbolic batch in the reshapes would
@@ -353,14 +384,18 @@ class AWConv2d(nn.Module):
                     )
                 return _Modulate.apply(weight, hidden, expand.weight, expand.bias, n)
             with torch.no_grad():
-                rows = self.generator.rows(hidden)
+                # Only forward() may use scratch: its kernels are consumed at once.
+                rows_shape = (expand.weight.shape[0], hidden.shape[0])
+                rows = self.generator.rows(
+                    hidden, out=_scratch_tensor("rows", rows_shape, expand.weight, scratch))
                 if (n == 1 and self.attention_groups == self.out_channels
                         and rows.dtype == weight.dtype):
                     # One sample, one row per output channel: A has the kernel's layout, so
-                    # the kernels are written over A (one large allocation less per call).
+                    # the kernels are written over A (one large tensor less per call).
                     a = rows.view_as(weight)
                     return torch.addcmul(weight, weight, a, out=a).unsqueeze(0)
-                return _modulate(weight, rows, n, out=weight.new_empty((n, *weight.shape)))
+                kernels = _scratch_tensor("kernels", (n, *weight.shape), weight, scratch)
+                return _modulate(weight, rows, n, out=kernels)
 
     def conv_path(self, x):
         """The formulation ``forward(x)`` uses (see the module docstring)."""
@@ -381,7 +416,7 @@ class AWConv2d(nn.Module):
 
     def forward(self, x):
         self._check_input(x)
-        out = _CONVS[self.conv_path(x)](self, x, self.modulated_weight(x))
+        out = _CONVS[self.conv_path(x)](self, x, self.modulated_weight(x, scratch=True))
         if self.norm is not None:
             out = self.norm(out)
         if self.activation is not None:
