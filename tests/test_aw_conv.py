@@ -141,10 +141,21 @@ def test_layers_sharing_scratch_memory_match_the_reference():
     expected = x
     for layer in layers:
         expected = aw_conv2d_reference(layer, expected)
-    with torch.no_grad():
-        out = x
-        for layer in layers:
-            out = layer(out)
+    outs = []
+
+    def run():  # a new thread starts with no scratch, so inference_mode makes it
+        for mode in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+            with mode():
+                out = x
+                for layer in layers:
+                    out = layer(out)
+            outs.append(out)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert len(outs) == 3  # a scratch tensor made under inference_mode serves outside it
+    for out in outs:
         torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
 
 

@@ -128,7 +128,9 @@ def _scratch_tensor(slot, shape, like, reuse=True):
     slots = _scratch.__dict__
     buf = slots.get(slot)
     if buf is None or buf.dtype != like.dtype or buf.numel() < numel:
-        buf = slots[slot] = like.new_empty(numel)
+        # A normal tensor, also under inference_mode, so that it serves outside it too.
+        with torch.inference_mode(False):
+            buf = slots[slot] = like.new_empty(numel)
     return buf[:numel].view(shape)
 
 
