@@ -16,6 +16,7 @@ from aw_detection.layers.aw_conv import (
     _adaptive_avg_pool2d_onnx,
     _modulate,
     _scratch_tensor,
+    patches_size,
     select_path,
     set_expand_dtype,
 )
@@ -38,6 +39,7 @@ CASES = [  # (in, out, kernel, stride, padding, dilation, groups, bias, attentio
     (8, 16, 3, 1, 1, 1, 1, False, 0),
     (8, 16, 3, 2, 1, 1, 1, True, 4),
     (8, 12, 3, 1, 2, 2, 2, False, 0),
+    (6, 12, 3, 1, 1, 1, 2, True, 3),  # rows of 4 channels across conv groups of 6
     (6, 6, (3, 1), 1, (1, 0), 1, 3, True, 3),
     (4, 8, 1, 1, 0, 1, 1, False, 2),
 ]
@@ -60,7 +62,7 @@ def test_every_path_matches_per_sample_reference(case, batch, dtype, atol):
             torch.testing.assert_close(layer(x), expected, atol=atol, rtol=0, msg=path)
 
 
-@pytest.mark.parametrize("case", CASES[:3])
+@pytest.mark.parametrize("case", CASES[:4])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_every_path_backward_matches_reference(case, batch):
     """The training formulation (custom modulation backward + each conv path) against autograd
@@ -93,6 +95,21 @@ def test_select_path_policy():
         layer(torch.randn(2, 4, 5, 5))
     with pytest.raises(ValueError, match="path must be None or one of"):
         AWConv2d(4, 4, 3, path="loop")
+
+
+def test_policy_picks_patches_on_small_maps_with_few_rows():
+    lite = AWConv2d(64, 64, 3, padding=1, attention_groups=4)
+    full = AWConv2d(64, 64, 3, padding=1)
+    small, large = torch.randn(2, 64, 2, 2), torch.randn(2, 64, 8, 8)
+    assert patches_size(lite, small) == 4 * 4 / 64 and patches_size(lite, large) == 4 * 64 / 64
+    assert patches_size(full, small) == 64 * 4 / 64
+    assert lite.conv_path(small) == "patches"
+    assert lite.conv_path(large) == full.conv_path(small) == "per_sample"
+    assert lite.conv_path(small[:1]) == "plain"
+    assert select_path(2, "cuda", patches_size(lite, small)) == "grouped"  # not measured there
+    # conv groups and rows that cut across each other: 12 channels, rows of 4, groups of 6
+    layer = AWConv2d(6, 12, 3, padding=1, groups=2, attention_groups=3)
+    assert patches_size(layer, torch.randn(2, 6, 3, 3)) == 6 * 9 / 12
 
 
 def test_attention_is_the_published_generator_shared_by_row():
@@ -185,7 +202,7 @@ def test_scratch_memory_is_per_thread_and_bounded():
     assert _scratch_tensor("kernels", (4, 5), like).data_ptr() == mine  # not replaced
 
 
-@pytest.mark.parametrize("path", ["plain", "per_sample", "any_batch"])  # grouped: see above
+@pytest.mark.parametrize("path", ["plain", "per_sample", "patches", "any_batch"])  # grouped: see above
 def test_gradcheck(path):
     layer = _randomised(AWConv2d(4, 4, 3, padding=1, bias=True, attention_groups=2,
                                  reduction=1, path=path)).double()

@@ -13,6 +13,10 @@ one per call and ``AWConv2d.path`` forces one (tests, benchmarks):
 - ``plain``: N = 1, one convolution with the sample's kernel;
 - ``per_sample``: one convolution per sample on views of the input, outputs concatenated;
 - ``grouped``: one convolution with the batch folded into the groups;
+- ``patches``: no per-sample kernels: each sample's input patches (unfold) are multiplied by
+  1 + A and contracted with K. Its tensors scale with the map, the kernels' with the kernel,
+  so it is the cheaper one on small maps with few attention rows (AW-lite at res5 of a 64-px
+  classifier: ``select_path``).
 - ``any_batch``: every sample's kernel applied to every sample, the diagonal kept. It never
   names the batch size, so a ``torch.jit.trace`` (which freezes Python control flow and the
   ``groups`` argument) or a ``torch.export`` with a dynamic batch stays correct at any N.
@@ -24,6 +28,7 @@ The modulated kernels K + K * A are formed by plain tensor ops in traces and exp
 under autograd by ``_Modulate``, the same ops with a backward written for memory traffic.
 """
 import contextlib
+import math
 import threading
 
 import torch
@@ -32,10 +37,10 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
-__all__ = ["AWConv2d", "AttentionGenerator", "PATHS", "aw_conv2d_reference", "select_path",
-           "set_expand_dtype", "traced_path"]
+__all__ = ["AWConv2d", "AttentionGenerator", "PATHS", "aw_conv2d_reference", "patches_size",
+           "select_path", "set_expand_dtype", "traced_path"]
 
-PATHS = ("plain", "per_sample", "grouped", "any_batch")
+PATHS = ("plain", "per_sample", "grouped", "patches", "any_batch")
 
 # The eager formulation for N > 1 per device type; edit here to change the policy.
 # CPU (oneDNN): per-sample convolutions. At 2 threads the grouped convolution was measured
@@ -51,12 +56,23 @@ BATCHED_PATH = {"cpu": "per_sample", "cuda": "grouped"}
 _TRACE_PATH = ["any_batch"]
 
 
-def select_path(batch, device_type):
+# On CPU, "patches" replaces "per_sample" where its modulated patches are at most this fraction
+# of the modulated kernels' size (measured, README "AWConv2d formulations": 1/8 is 3.8x faster
+# than per-sample kernels forward+backward, 1 is 1.6x slower).
+PATCHES_BELOW = 0.25
+
+
+def select_path(batch, device_type, patches_size=None):
     """The exact formulation AWConv2d runs in eager mode for ``batch`` samples on
-    ``device_type`` ("cpu", "cuda", ...). Traces and symbolic batches use "any_batch"."""
+    ``device_type`` ("cpu", "cuda", ...). ``patches_size``: the "patches" form's tensors
+    relative to the per-sample kernels (``patches_size`` of the layer and input). Traces and
+    symbolic batches use "any_batch"."""
     if batch == 1:
         return "plain"
-    return BATCHED_PATH.get(device_type, "grouped")
+    path = BATCHED_PATH.get(device_type, "grouped")
+    if device_type == "cpu" and patches_size is not None and patches_size <= PATCHES_BELOW:
+        return "patches"
+    return path
 
 
 @contextlib.contextmanager
@@ -261,6 +277,58 @@ def _conv_any_batch(layer, x, weight):
     return out if layer.bias is None else out + layer.bias.view(1, -1, 1, 1)
 
 
+def _unit_layout(layer):
+    """(block, units): output channels in blocks that share one attention row and one conv
+    group; the "patches" form modulates one copy of the patches per block."""
+    block = math.gcd(layer.out_channels // layer.attention_groups,
+                     layer.out_channels // layer.groups)
+    return block, layer.out_channels // block
+
+
+def _output_size(layer, x):
+    return tuple((size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+                 for size, pad, dil, k, stride in zip(x.shape[2:], layer.padding, layer.dilation,
+                                                      layer.kernel_size, layer.stride))
+
+
+def patches_size(layer, x):
+    """Size of the "patches" form's modulated patches (N, units, C_in/g * taps, H' * W')
+    relative to the modulated kernels (N, C_out, C_in/g * taps)."""
+    h, w = _output_size(layer, x)
+    return _unit_layout(layer)[1] * h * w / layer.out_channels
+
+
+def _per_unit(t, channels_per_entry, block, units):
+    """(N, m, ...) entries of ``channels_per_entry`` output channels each -> (N, units, ...),
+    the entry of each block of output channels (a view where it can be)."""
+    if t.shape[1] == units:
+        return t
+    if t.shape[1] == 1:
+        return t.expand(t.shape[0], units, *t.shape[2:])
+    index = torch.arange(units, device=t.device) * block // channels_per_entry
+    return t[:, index]
+
+
+def _conv_patches(layer, x, rows):
+    """``rows``: (N, G, C_in/g * taps) attention rows. out[n, o] = sum_j K[o, j] *
+    (1 + A[n, row(o), j]) * patches[n, group(o), j]: the same sums as the convolution with
+    the modulated kernel, without forming it."""
+    n = x.shape[0]
+    block, units = _unit_layout(layer)
+    cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+    cols = cols.view(n, layer.groups, -1, cols.shape[-1])  # (N, g, C_in/g * taps, P)
+    cols = _per_unit(cols, layer.out_channels // layer.groups, block, units)
+    a = _per_unit(rows, layer.out_channels // layer.attention_groups, block, units)
+    patches = torch.addcmul(cols, cols, a.unsqueeze(-1))  # (N, units, J, P)
+    # einsum runs one matrix product per unit over all samples (matmul would broadcast the
+    # weight to every sample: the per-sample kernels again).
+    out = torch.einsum("ubj,nujp->nubp", layer.weight.reshape(units, block, -1), patches)
+    out = out.reshape(n, layer.out_channels, *_output_size(layer, x))
+    if layer.bias is not None:
+        out = out + layer.bias.view(1, -1, 1, 1)
+    return out.contiguous(memory_format=_memory_format(x))
+
+
 _CONVS = {"plain": _conv_plain, "per_sample": _conv_per_sample, "grouped": _conv_grouped,
           "any_batch": _conv_any_batch}
 
@@ -352,13 +420,26 @@ class AWConv2d(nn.Module):
             pooled = F.adaptive_avg_pool2d(x, self.kernel_size)
         return pooled if dtype is None else pooled.to(dtype)
 
+    def _attention_rows(self, x):
+        """(N, G, in_channels // groups, kh, kw), float32 under autocast."""
+        with self._float32_under_autocast(x) as dtype:
+            rows = self.generator(self._pooled(x, dtype)).to(dtype or self.weight.dtype)
+        return rows.reshape(x.shape[0], self.attention_groups, -1, *self.kernel_size)
+
     def attention(self, x):
         """A, shaped (N, out_channels, in_channels // groups, kh, kw); float32 under autocast."""
         self._check_input(x)
-        with self._float32_under_autocast(x) as dtype:
-            rows = self.generator(self._pooled(x, dtype)).to(dtype or self.weight.dtype)
-        rows = rows.reshape(x.shape[0], self.attention_groups, -1, *self.kernel_size)
+        rows = self._attention_rows(x)
         return rows.repeat_interleave(self.out_channels // self.attention_groups, dim=1)
+
+    def _refuse_training_converted_expand(self):
+        expand, weight = self.generator.expand.weight, self.weight
+        if expand.dtype != weight.dtype:
+            raise RuntimeError(
+                f"AWConv2d: generator.expand is stored in {expand.dtype} (an "
+                "inference option, see set_expand_dtype); set it back to "
+                f"{weight.dtype} to train, or run under torch.no_grad()"
+            )
 
     def modulated_weight(self, x, scratch=False):
         """(1 + A[n]) * K for every sample: (N, out_channels, in_channels // groups, kh, kw),
@@ -378,12 +459,7 @@ class AWConv2d(nn.Module):
                 return _modulate(weight, self.generator.rows(hidden), n)
             if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
                                             or expand.weight.requires_grad):
-                if expand.weight.dtype != weight.dtype:
-                    raise RuntimeError(
-                        f"AWConv2d: generator.expand is stored in {expand.weight.dtype} (an "
-                        "inference option, see set_expand_dtype); set it back to "
-                        f"{weight.dtype} to train, or run under torch.no_grad()"
-                    )
+                self._refuse_training_converted_expand()
                 return _Modulate.apply(weight, hidden, expand.weight, expand.bias, n)
             with torch.no_grad():
                 # Only forward() may use scratch: its kernels are consumed at once.
@@ -406,7 +482,9 @@ class AWConv2d(nn.Module):
         if torch.onnx.is_in_onnx_export() and self.path is None:
             return "per_sample"  # static kernel shapes, batch fixed (see modulated_weight)
         if self.path is None:
-            return _TRACE_PATH[0] if symbolic else select_path(n, x.device.type)
+            if symbolic:
+                return _TRACE_PATH[0]
+            return select_path(n, x.device.type, patches_size(self, x))
         if symbolic and self.path != "any_batch":
             raise RuntimeError(
                 f"AWConv2d.path={self.path!r} would freeze the batch size into this trace or "
@@ -418,7 +496,13 @@ class AWConv2d(nn.Module):
 
     def forward(self, x):
         self._check_input(x)
-        out = _CONVS[self.conv_path(x)](self, x, self.modulated_weight(x, scratch=True))
+        path = self.conv_path(x)
+        if path == "patches":
+            if torch.is_grad_enabled():
+                self._refuse_training_converted_expand()
+            out = _conv_patches(self, x, self._attention_rows(x).flatten(2))
+        else:
+            out = _CONVS[path](self, x, self.modulated_weight(x, scratch=True))
         if self.norm is not None:
             out = self.norm(out)
         if self.activation is not None:
