@@ -52,6 +52,10 @@ CASES = {
     "bbox string": (_set_bbox([1, "2", 3, 4]), r"annotation id=1: bbox .*got \[1, '2', 3, 4\]"),
     "area string": (lambda d: d["annotations"][0].update(area="big"), "annotation id=1: area must be a finite number, got 'big'"),
     "image size string": (lambda d: d["images"][0].update(height="256"), "image id=1 height/width must be positive numbers"),
+    "mixed category id types": (lambda d: d["categories"][2].update(id="3"), r"categories\[2\]: id '3' is a str, the first entry's id 1 a int; use one type"),
+    "image_id a list": (lambda d: d["annotations"][0].update(image_id=[1]), r"annotation id=1: image_id must be an integer or string id, got \[1\]"),
+    "category_id a dict": (lambda d: d["annotations"][0].update(category_id={"id": 1}), "annotation id=1: category_id must be an integer or string id"),
+    "only width, wrong": (lambda d: (d["images"][0].pop("height"), d["images"][0].update(width=999)), r"00000.png \(JSON 999x\?, file \d+x\d+\)"),
 }
 
 

@@ -65,8 +65,13 @@ def _read_json(json_file, image_root, name):
     return data
 
 
+def _is_id(value):
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def _check_entries(items, fields, where):
-    """Every entry an object with ``fields``, ids unique and int/str; returns the id set."""
+    """Every entry an object with ``fields``, ids unique and all integers or all strings;
+    returns the id set."""
     seen, dups = set(), []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
@@ -74,8 +79,13 @@ def _check_entries(items, fields, where):
         missing = [f for f in fields if f not in item]
         if missing:
             raise UserError(f"{where}[{i}] (id={item.get('id')}) lacks field(s) {missing}")
-        if not isinstance(item["id"], (int, str)) or isinstance(item["id"], bool):
+        if not _is_id(item["id"]):
             raise UserError(f"{where}[{i}]: id must be an integer or string, got {item['id']!r}")
+        if type(item["id"]) is not type(items[0]["id"]):
+            # Ids are sorted (Detectron2's class order): integers and strings do not compare.
+            raise UserError(f"{where}[{i}]: id {item['id']!r} is a {type(item['id']).__name__}, "
+                            f"the first entry's id {items[0]['id']!r} a "
+                            f"{type(items[0]['id']).__name__}; use one type for all ids")
         if item["id"] in seen:
             dups.append(item["id"])
         seen.add(item["id"])
@@ -123,12 +133,13 @@ def _check_images(data, image_root, json_file, name):
         except Exception:  # PIL raises many kinds for non-images
             unreadable.append(im["file_name"])
             continue
-        if len(given) < 2:
+        json_size = (im.get("width", size[0]), im.get("height", size[1]))
+        if json_size != size:
+            mismatched.append(f"{im['file_name']} (JSON {im.get('width', '?')}x"
+                              f"{im.get('height', '?')}, file {size[0]}x{size[1]})")
+        elif len(given) < 2:
             im["width"], im["height"] = size
             filled.append(im["id"])
-        elif size != (im["width"], im["height"]):
-            mismatched.append(f"{im['file_name']} (JSON {im['width']}x{im['height']}, file "
-                              f"{size[0]}x{size[1]})")
     if missing:
         raise UserError(f"{name}: {len(missing)} image file(s) listed in {json_file} are not "
                         f"in {image_root}: {few(missing)}; fix file_name or the image folder")
@@ -165,6 +176,9 @@ def _fix_annotations(data, json_file, image_ids, category_ids, need_masks):
     kept, fixes = [], {"clipped": [], "dropped": [], "filled": []}
     for ann in data["annotations"]:
         where = f"{json_file}: annotation id={ann['id']}"
+        for key in ("image_id", "category_id"):
+            if not _is_id(ann[key]):
+                raise UserError(f"{where}: {key} must be an integer or string id, got {ann[key]!r}")
         if ann["image_id"] not in image_ids:
             raise UserError(f"{where} refers to image_id={ann['image_id']}, which is not in 'images'")
         if ann["category_id"] not in category_ids:
