@@ -41,6 +41,15 @@ class AWCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
         self._model_loaded = False
+        self._source = "MODEL.WEIGHTS"  # what the file being loaded is, for messages
+
+    def resume_or_load(self, path, *, resume=True):
+        resuming = resume and self.has_checkpoint()
+        self._source = "the last checkpoint (--resume)" if resuming else "MODEL.WEIGHTS"
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._source = "MODEL.WEIGHTS"
 
     def load(self, path, *args, **kwargs):
         self._model_loaded = False
@@ -48,7 +57,7 @@ class AWCheckpointer(DetectionCheckpointer):
             return super().load(path, *args, **kwargs)
         except UserError:
             raise
-        except (ValueError, KeyError, RuntimeError) as e:
+        except Exception as e:
             if not self._model_loaded:
                 raise
             # The model loaded; the optimizer / scheduler state that --resume restores did not.
@@ -61,10 +70,11 @@ class AWCheckpointer(DetectionCheckpointer):
         try:
             checkpoint = super()._load_file(filename)
         except (OSError, AssertionError) as e:
-            raise UserError(f"MODEL.WEIGHTS {filename} cannot be opened ({e}). Without internet, "
-                            "download it elsewhere and set MODEL.WEIGHTS to the local file") from e
+            hint = (" Without internet, download it elsewhere and set MODEL.WEIGHTS to the "
+                    "local file" if self._source == "MODEL.WEIGHTS" else "")
+            raise UserError(f"{self._source} {filename} cannot be opened ({e}).{hint}") from e
         except Exception as e:  # unpickling / zip / format errors: not a checkpoint
-            raise UserError(f"MODEL.WEIGHTS {filename} is not a readable Detectron2 checkpoint "
+            raise UserError(f"{self._source} {filename} is not a readable Detectron2 checkpoint "
                             f"(.pth or .pkl): {type(e).__name__}: {e}") from e
         # torchvision ResNets and classification checkpoints: renamed to this model's ResNet.
         return adapt_backbone_checkpoint(checkpoint, self.model, filename)

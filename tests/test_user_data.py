@@ -172,6 +172,14 @@ def test_resume_with_state_that_does_not_fit_names_the_cause(sparse_run, tmp_pat
                     "MODEL.BACKBONE.FREEZE_AT", "1", check=False)
     _refused(proc, r"model_final.pth: its optimizer/scheduler state does not fit this run .*"
                    r"start a new run from its weights with MODEL.WEIGHTS")
+    # A damaged last checkpoint is named as what it is, not as MODEL.WEIGHTS.
+    with open(os.path.join(out, "model_broken.pth"), "wb") as f:
+        f.write(b"\x80\x04 truncated")
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write("model_broken.pth")
+    proc = run_tool("train_net.py", "--config-file", AW_CONFIG, *args, check=False)
+    _refused(proc, r"^error: the last checkpoint \(--resume\) \S*model_broken.pth is not a "
+                   r"readable Detectron2 checkpoint")
 
 
 def test_cli_reports_input_errors_without_traceback(tiny_shapes, tmp_path):
