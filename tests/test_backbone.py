@@ -88,6 +88,7 @@ CONFIG_ERRORS = [
     ({"MODEL.AW.ENABLED": True, "MODEL.AW.STAGES": ["res6"]}, "MODEL.AW.STAGES: unknown stage 'res6'"),
     ({"MODEL.AA.ENABLED": True, "MODEL.AA.STAGES": ["res2"]}, "MODEL.AA.STAGES has res2, but MODEL.BACKBONE.FREEZE_AT=2 freezes it"),
     ({"MODEL.ACT_ATTENTION.TYPE": "ECA"}, 'TYPE must be "", "SE" or "CBAM", got "ECA"'),
+    ({"MODEL.RESNETS.DEPTH": 42}, r"MODEL.RESNETS.DEPTH must be one of \[18, 34, 50, 101, 152\], got 42"),
     ({"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 256}, "R18/R34 need RESNETS.RES2_OUT_CHANNELS=64"),
     ({"MODEL.RESNETS.RES5_DILATION": 3}, "RES5_DILATION must be 1 or 2, got 3"),
     ({"MODEL.AW.ENABLED": True, "MODEL.RESNETS.DEFORM_ON_PER_STAGE": [False, False, True, False]},
@@ -102,7 +103,9 @@ CONFIG_ERRORS = [
 @pytest.mark.parametrize("options,message", CONFIG_ERRORS, ids=[m[:30] for _, m in CONFIG_ERRORS])
 def test_config_mistakes_are_config_errors(options, message):
     depth = options.get("MODEL.RESNETS.DEPTH", 50)
-    cfg = make_cfg(depth, **{k: v for k, v in options.items() if k != "MODEL.RESNETS.DEPTH"})
+    cfg = make_cfg(50 if depth == 42 else depth,
+                   **{k: v for k, v in options.items() if k != "MODEL.RESNETS.DEPTH"})
+    cfg.MODEL.RESNETS.DEPTH = depth
     if depth == 18:
         cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = options["MODEL.RESNETS.RES2_OUT_CHANNELS"]
     with pytest.raises(ConfigError, match=message):

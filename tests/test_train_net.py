@@ -1,4 +1,5 @@
 """End to end through tools/train_net.py: train, evaluate, reload, distributed, AMP."""
+import itertools
 import json
 import math
 import os
@@ -10,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import build_backbone
+from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
 
+from aw_detection.benchmark import synthetic_batch
 from aw_detection.config import load_config, load_run_config
+from aw_detection.engine.trainer import CPUAutocastTrainer
 from aw_detection.engine.hooks import AttentionStats
 from aw_detection.evaluation import read_eval_results
 from aw_detection.inference import build_inference_model
@@ -115,6 +118,24 @@ def test_amp_with_aw_on_cpu_trains_in_bfloat16(tiny_shapes, tmp_path):
     metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
     assert all(math.isfinite(m["total_loss"]) for m in metrics if "total_loss" in m)
     assert os.path.exists(os.path.join(out, "model_final.pth"))
+
+
+def test_cpu_amp_trainer_runs_the_forward_under_bfloat16_autocast():
+    cfg = load_config(AW_CONFIG)
+    cfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96"])
+    model = build_model(cfg).train()
+    seen = []
+    layer = next(m for m in model.modules() if isinstance(m, AWConv2d))
+    layer.register_forward_hook(lambda m, args, out: seen.append(
+        (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), out.dtype)))
+    batch = synthetic_batch(cfg, 2, train=True)
+    trainer = CPUAutocastTrainer(model, itertools.repeat(batch),
+                                 torch.optim.SGD(model.parameters(), lr=1e-3))
+    with EventStorage():
+        trainer.run_step()
+    # The layer's convolution (and its norm) ran in bfloat16; the weights stay float32.
+    assert seen == [(True, torch.bfloat16, torch.bfloat16)]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_attention_stats_hook_logs_mean_abs_attention_per_stage():
