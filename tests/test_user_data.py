@@ -104,6 +104,12 @@ def test_eval_only_from_the_run_config_and_mismatched_test_sets(sparse_run, tmp_
     again = json.load(open(tmp_path / "eval" / "eval_results.json"))["mine_val"]["bbox"]
     trained = json.load(open(os.path.join(out, "eval_results.json")))["mine_val"]["bbox"]
     assert again == trained
+    # The detections COCOeval scored, in the dataset's own category ids, as training wrote them.
+    results = [os.path.join(d, "inference", "mine_val", "coco_instances_results.json")
+               for d in (str(tmp_path / "eval"), out)]
+    evaluated, during_training = (json.load(open(path)) for path in results)
+    assert evaluated and {d["category_id"] for d in evaluated} <= set(SPARSE["ids"])
+    assert evaluated == during_training
 
     # The original five shape classes: another category set, refused before evaluating.
     other = generate_shapes(str(tmp_path / "other"), "val", 3, seed=5)
@@ -112,6 +118,27 @@ def test_eval_only_from_the_run_config_and_mismatched_test_sets(sparse_run, tmp_
                     check=False)
     _refused(proc, r"test set other_val has categories \[1:circle, 2:rectangle.*but the model "
                    r"predicts those of MODEL.CLASS_NAMES .*\[3:round, 7:box, 11:pointy\]")
+
+
+@pytest.mark.parametrize("case,mutate,message", [
+    ("size", lambda d: d["images"][1].update(width=d["images"][1]["width"] + 7),
+     r"1 image\(s\) have a width x height other than their file's.*00001.png"),
+    ("nan box", lambda d: d["annotations"][2].update(bbox=[1, 2, float("nan"), 4]),
+     r"annotation id=3: bbox must be \[x, y, width, height\] of finite numbers, got \[1, 2, nan, 4\]"),
+    ("string box", lambda d: d["annotations"][2].update(bbox=[1, 2, "30", 4]),
+     r"annotation id=3: bbox must be .*got \[1, 2, '30', 4\]"),
+])
+def test_cli_refuses_bad_sizes_and_boxes_before_training(tmp_path, case, mutate, message):
+    json_file = generate_shapes(str(tmp_path), "bad", 4, seed=9)
+    data = json.load(open(json_file))
+    mutate(data)
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+    proc = run_tool("train_net.py", "--config-file", DEMO_CONFIG, "--dataset",
+                    f"bad={json_file}:{tmp_path}/bad", *TINY_OPTS, "DATASETS.TRAIN", "('bad',)",
+                    "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path / "out"), check=False)
+    _refused(proc, message)
+    assert not os.path.exists(tmp_path / "out" / "metrics.json")  # refused before training
 
 
 def test_dataset_registration_sets_class_metadata_at_once(tmp_path):
@@ -142,6 +169,8 @@ def test_weights_that_do_not_fit_are_refused_for_inference(fifteen_class_weights
                                   str(tmp_path / "i")]),
         ("train_net.py", ["--eval-only", "--config-file", AW_CONFIG, *tiny_shapes["args"],
                           *TINY_OPTS, "OUTPUT_DIR", str(tmp_path / "e")]),
+        ("export_model.py", ["--config-file", AW_CONFIG, "--format", "torchscript",
+                             "--output", str(tmp_path / "x")]),
     ):
         _refused(run_tool(tool, *args, *weights, check=False), message)
 
