@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..backbone_weights import apply_torchvision_settings
 from ..config import load_config
 from ..engine import Trainer
-from ..engine.setup import _check_weights
+from ..engine.setup import check_weights
 from ..errors import UserError
 from ..evaluation import write_eval_results
 from .data import (
@@ -70,7 +70,7 @@ def setup_classification(args):
     classes = check_image_folder(root, check_headers=comm.get_local_rank() == 0)
     opts = list(args.opts)[::2]
     _apply_classes(cfg, classes, not args.eval_only, NUM_CLASSES_KEY in opts)
-    _check_weights(cfg, args.eval_only, args.resume)
+    check_weights(cfg, args.eval_only, args.resume)
     apply_torchvision_settings(cfg, explicit_keys=opts)
     if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
         logger.warning("SOLVER.AMP.ENABLED needs CUDA: training in float32 on CPU")

@@ -100,6 +100,10 @@ def _model_classes(cfg, training):
     """(where from, names, ids) of the classes the model predicts, or None if unknown: the
     training sets' when training, else the trained run's MODEL.CLASS_NAMES (or, for configs
     without them, the registered training sets')."""
+    configured = list(cfg.MODEL.CLASS_NAMES)
+    if configured and not training:  # the training sets need not even be registered
+        ids = list(cfg.MODEL.CATEGORY_IDS) or list(range(1, len(configured) + 1))
+        return "MODEL.CLASS_NAMES (the trained run's config)", configured, ids
     known = DatasetCatalog.list()
     train = [(f"training set {name}", dataset_classes(name))
              for name in cfg.DATASETS.TRAIN if name in known]
@@ -108,10 +112,6 @@ def _model_classes(cfg, training):
         if names != train[0][1]:
             raise UserError(f"{train[0][0]} and {label} have different categories: "
                             f"{_describe(*train[0][1:])} vs {_describe(names, ids)}")
-    configured = list(cfg.MODEL.CLASS_NAMES)
-    if configured and not training:
-        ids = list(cfg.MODEL.CATEGORY_IDS) or list(range(1, len(configured) + 1))
-        return "MODEL.CLASS_NAMES (the trained run's config)", configured, ids
     if train:
         if configured and configured != train[0][1]:
             logger.info(f"MODEL.CLASS_NAMES: the config's {len(configured)} classes -> the "

@@ -11,10 +11,11 @@ from ..config import load_config
 from ..data import apply_dataset_classes, check_registered, num_classes, prepare_datasets
 from ..errors import UserError
 
-__all__ = ["setup"]
+__all__ = ["setup", "check_weights"]
 
 
-def _check_weights(cfg, eval_only, resume):
+def check_weights(cfg, eval_only, resume):
+    """MODEL.WEIGHTS present where the run needs it (detection and classification CLIs)."""
     weights = cfg.MODEL.WEIGHTS
     has_last = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     if eval_only and not weights and not (resume and has_last):
@@ -36,7 +37,7 @@ def setup(args):
     check_registered(cfg, training=not args.eval_only)
     apply_dataset_classes(cfg, training=not args.eval_only,
                           explicit_num_classes=num_classes(cfg)[0] in list(args.opts)[::2])
-    _check_weights(cfg, args.eval_only, args.resume)
+    check_weights(cfg, args.eval_only, args.resume)
     apply_torchvision_settings(cfg, explicit_keys=list(args.opts)[::2])  # torchvision weights
     cfg.freeze()
     default_setup(cfg, args)
