@@ -90,6 +90,9 @@ def test_lazy_twin_builds_the_yaml_model(py):
     assert {k: v.shape for k, v in ours.state_dict().items()} == \
         {k: v.shape for k, v in yaml_model.state_dict().items()}
     assert module_settings(ours) == module_settings(yaml_model)
+    # The same parameters train (FREEZE_AT, frozen norms); shapes alone would not show it.
+    assert {k: p.requires_grad for k, p in ours.named_parameters()} == \
+        {k: p.requires_grad for k, p in yaml_model.named_parameters()}
 
 
 def _body(path):
@@ -160,6 +163,7 @@ def _no_score_threshold(model):
     ("demo/shapes_R_18_FPN_aa_aw", (160, 224)),
     ("demo/shapes_retinanet_R_18_FPN_se_aw", (160, 224)),
     ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_aw_lite", (128, 160)),
+    ("COCO-Detection/retinanet_R_50_FPN_1x_aa", (128, 160)),
 ])
 def test_lazy_twin_computes_what_the_yaml_model_computes(name, size):
     py = f"{CONFIGS}/{name}.py"
