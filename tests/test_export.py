@@ -40,9 +40,6 @@ VARIANTS = {  # name: (demo config, overrides)
     "aa": ("shapes_R_18_FPN_aa", []),
     "aa_aw": ("shapes_R_18_FPN_aa_aw", []),
 }
-RETINANET = ["MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.RETINANET.NUM_CLASSES", "5",
-             "MODEL.RETINANET.IN_FEATURES", '["p3", "p4", "p5", "p6"]',
-             "MODEL.ANCHOR_GENERATOR.SIZES", "[[32], [64], [128], [256]]"]
 
 
 def _config(variant, *opts):
@@ -130,12 +127,14 @@ def test_exported_file_matches_eager_at_other_sizes(variant, fmt, shapes_images,
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-@pytest.mark.parametrize("detector,variant,opts", [
-    ("mask_rcnn", "aw_lite", ["MODEL.MASK_ON", "True"]),
-    ("retinanet", "aa_aw", RETINANET),
+@pytest.mark.parametrize("detector,config,opts", [
+    ("mask_rcnn", "shapes_R_18_FPN_aw", ["MODEL.MASK_ON", "True"]),
+    ("retinanet", "shapes_retinanet_R_18_FPN_aa_aw", []),  # the P3-P7 RetinaNet backbone
 ])
-def test_mask_rcnn_and_retinanet(detector, variant, opts, fmt, shapes_images, tmp_path):
-    model = _model(variant, *opts)
+def test_mask_rcnn_and_retinanet(detector, config, opts, fmt, shapes_images, tmp_path):
+    torch.manual_seed(0)
+    model = _randomise(build_model(load_config(os.path.join(DEMO, f"{config}.yaml"),
+                                               [*SMALL, *opts])).eval())
     sample = [torch.rand(3, 112, 149, generator=torch.Generator().manual_seed(1)) * 255]
     adapter = traceable_model(model, sample)
     names = output_names(adapter.outputs_schema)
