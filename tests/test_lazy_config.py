@@ -10,13 +10,15 @@ from collections.abc import Mapping, Sequence
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 from detectron2.utils.testing import assert_instances_allclose
 
 from aw_detection.config import load_config
 from aw_detection.errors import ConfigError, UserError
-from aw_detection.lazy_config import load_lazy_config
+from aw_detection.data import prepare_datasets
+from aw_detection.lazy_config import check_lazy_datasets, load_lazy_config
 from aw_detection.modeling import attention_resnet
 
 from .conftest import ROOT, run_tool
@@ -194,6 +196,20 @@ def test_attention_settings_are_checked():
     cfg = load_lazy_config(f"{CONFIGS}/demo/shapes_R_18_FPN.py",
                            ["model.roi_heads.box_predictor.test_topk_per_image=50"])
     assert cfg.model.roi_heads.box_predictor.test_topk_per_image == 50
+
+
+@pytest.mark.parametrize("config,key", [("shapes_R_18_FPN_aw", "model.roi_heads.num_classes"),
+                                        ("shapes_retinanet_R_18_FPN_aa_aw", "model.num_classes")])
+def test_lazy_class_count_must_match_the_training_set(tiny_shapes, config, key):
+    if "tiny_train" not in DatasetCatalog.list():
+        prepare_datasets(tiny_shapes["args"][1::2], (), None)
+    names = ["dataloader.train.dataset.names=tiny_train", "dataloader.test.dataset.names=tiny_val"]
+    cfg = load_lazy_config(f"{CONFIGS}/demo/{config}.py", names)
+    check_lazy_datasets(cfg)  # 5 classes, as the shapes data
+    cfg = load_lazy_config(f"{CONFIGS}/demo/{config}.py", [*names, f"{key}=3"])
+    with pytest.raises(UserError, match=rf"{key}=3 but dataset tiny_train has 5 categories; "
+                                        rf"add the override {key}=5"):
+        check_lazy_datasets(cfg)
 
 
 def test_lazy_training_and_the_yaml_twin_agree(tiny_shapes, tmp_path):
