@@ -41,7 +41,7 @@ import yaml
 
 from .errors import UserError
 
-__all__ = ["load_spec", "plan_runs", "run_study", "collect_results", "summarize",
+__all__ = ["load_spec", "plan_runs", "run_study", "collect_results", "include_runs", "summarize",
            "paired_interval", "welch_interval", "t_interval", "write_report"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -343,18 +343,45 @@ def read_metrics(run_dir, task):
     return metrics
 
 
-def _final_attention(run_dir):
-    """{"abs_A <stage>": value}: the last AttentionStats record in metrics.json (AW runs)."""
-    last = {}
+def _attention(run_dir):
+    """{"abs_A <stage>": last value, "abs_A_history": {stage: [[iteration, value], ...]}}: the
+    AttentionStats records in metrics.json (AW runs; {} for others)."""
+    history = {}
     with open(os.path.join(run_dir, "metrics.json")) as f:
         for line in f:
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            last.update({f"abs_A {k.split('/')[1]}": v for k, v in entry.items()
-                         if k.startswith("aw/") and k.endswith("/abs_A")})
-    return last
+            for key, value in entry.items():
+                if key.startswith("aw/") and key.endswith("/abs_A"):
+                    history.setdefault(key.split("/")[1], []).append([entry.get("iteration"), value])
+    if not history:
+        return {}
+    return {**{f"abs_A {stage}": points[-1][1] for stage, points in history.items()},
+            "abs_A_history": history}
+
+
+def include_runs(path, spec, rows, missing):
+    """Add the runs of an earlier report (``study.json``, e.g. seeds trained on another
+    machine) for the arm x seed pairs of ``spec`` that have no finished run here. Each added
+    run keeps its folder and gets ``source`` (the report) and ``source_command``. Returns
+    (rows, missing)."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+        runs, name = report["runs"], report["spec"]["name"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--include {path}: not a study.json written by tools/study.py ({e})")
+    if name != spec["name"]:
+        raise UserError(f"--include {path}: a report of study {name!r}, not of {spec['name']!r}")
+    have = {(r["arm"], r["seed"]) for r in rows}
+    arms = {a["name"] for a in spec["arms"]}
+    added = [dict(r, source=path, source_command=report.get("command"))
+             for r in runs if r["arm"] in arms and r["seed"] in spec["seeds"]
+             and (r["arm"], r["seed"]) not in have]
+    labels = {f"{r['arm']} seed {r['seed']}" for r in added}
+    return rows + added, [m for m in missing if m not in labels]
 
 
 def collect_results(pretrain, arms):
@@ -368,7 +395,7 @@ def collect_results(pretrain, arms):
             continue
         row = {"arm": run["name"], "seed": run["seed"], "dir": run["dir"], "task": run["task"],
                **read_metrics(run["dir"], run["task"]), "train_loss_final": _train_loss(run["dir"]),
-               **_final_attention(run["dir"])}
+               **_attention(run["dir"])}
         if run["pretrain"]:
             source = pre[(run["pretrain"], run["seed"])]
             row["pretrain_dir"] = source["dir"]
@@ -525,6 +552,7 @@ def markdown(spec, summary, rows, missing, command):
                   "|" + "---|" * (len(attention) + 1)]
         lines += [f"| `{a['arm']}` | " + " | ".join(_fmt(a["stats"][m], 3) for m in attention) + " |"
                   for a in summary["arms"] if a["stats"][attention[0]]]
+    lines += _attention_over_iterations(summary, rows)
     seeds = sorted({r["seed"] for r in rows})
     lines += ["", f"Per seed ({metric}):", "", "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |",
               "|" + "---|" * (len(seeds) + 1)]
@@ -537,9 +565,36 @@ def markdown(spec, summary, rows, missing, command):
         + (f" from pre-training `{a['pretrain']}`" if a["pretrain"] else "") for a in summary["arms"]) + ".",
         "", "No cost columns: the runs shared the CPU with each other, so their timings are not "
         "comparable. Measure cost with `tools/benchmark.py` (models interleaved in one process)."]
+    for source in sorted({r["source"] for r in rows if r.get("source")}):
+        included = [r for r in rows if r.get("source") == source]
+        lines += ["", f"{len(included)} runs (seeds "
+                  f"{', '.join(map(str, sorted({r['seed'] for r in included})))}) come from the "
+                  f"earlier report `{source}`, made with `{included[0]['source_command']}`."]
     if missing:
         lines += ["", f"**Missing runs ({len(missing)}):** " + ", ".join(missing)]
     return "\n".join(lines) + "\n"
+
+
+def _attention_over_iterations(summary, rows, points=4):
+    """Markdown lines: mean |A| per AW arm and stage at ``points`` iterations spread over the
+    run (mean over the seeds that logged it)."""
+    histories = [r for r in rows if r.get("abs_A_history")]
+    if not histories:
+        return []
+    logged = sorted({it for r in histories for h in r["abs_A_history"].values() for it, _ in h})
+    picks = sorted({logged[round((len(logged) - 1) * (i + 1) / points)] for i in range(points)})
+    lines = ["", "Mean |A| over training (iterations as logged; mean over the seeds that "
+             "logged them):", "", "| arm | stage | " + " | ".join(f"iteration {i + 1}" for i in picks) + " |",
+             "|" + "---|" * (len(picks) + 2)]
+    for arm in summary["arms"]:
+        runs = [r for r in histories if r["arm"] == arm["arm"]]
+        for stage in sorted({s for r in runs for s in r["abs_A_history"]}):
+            cells = []
+            for it in picks:
+                values = [v for r in runs for i, v in r["abs_A_history"].get(stage, []) if i == it]
+                cells.append(f"{statistics.mean(values):.3f}" if values else "–")
+            lines.append(f"| `{arm['arm']}` | {stage} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot(summary, rows, path):

@@ -144,6 +144,9 @@ def test_study_runs_arms_and_seeds_and_reports_paired_deltas(tiny_study):
     assert "SEED: 2" in open(os.path.join(out, "aw", "seed2", "config.yaml")).read()
     table = open(os.path.join(out, "study.md")).read()
     assert "| `aw` | 2 |" in table and "Δ AP paired [95% CI]" in table and "pre-training top-1" in table
+    history = run["abs_A_history"]  # |A| over training, as AttentionStats logged it
+    assert set(history) == {"res3", "res4", "res5"} and history["res5"][-1][0] == 1
+    assert "Mean |A| over training" in table and "| `aw` | res5 | " in table
     assert os.path.getsize(os.path.join(out, "study.png")) > 1000
 
 
@@ -166,8 +169,8 @@ def test_study_reuses_resumes_and_refuses(tiny_study):
     assert "| `base` (baseline) | 2 |" in open(os.path.join(out, "study.md")).read()
 
 
-def test_study_rows_carry_further_test_sets_and_the_final_attention(tmp_path):
-    from aw_detection.study import _final_attention, read_metrics
+def test_study_rows_carry_further_test_sets_and_the_attention(tmp_path):
+    from aw_detection.study import _attention, read_metrics
 
     results = {"shapes_val": {"bbox": {"AP": 10.0, "AP50": 20.0}},
                "shapes_train_eval": {"bbox": {"AP": 12.5}}}
@@ -178,4 +181,36 @@ def test_study_rows_carry_further_test_sets_and_the_final_attention(tmp_path):
                {"iteration": 30, "total_loss": 1.0},
                {"iteration": 39, "aw/res3/abs_A": 0.2, "aw/res5/abs_A": 0.4, "aw/res5/abs_input": 9.0}]
     (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in records))
-    assert _final_attention(str(tmp_path)) == {"abs_A res3": 0.2, "abs_A res5": 0.4}
+    assert _attention(str(tmp_path)) == {
+        "abs_A res3": 0.2, "abs_A res5": 0.4,
+        "abs_A_history": {"res3": [[19, 0.1], [39, 0.2]], "res5": [[19, 0.3], [39, 0.4]]}}
+
+
+def test_study_includes_the_runs_of_an_earlier_report(tiny_study, tmp_path):
+    """Seeds trained elsewhere (another machine) join the report through its study.json."""
+    spec, out = tiny_study["spec"], tiny_study["out"]
+    earlier = json.load(open(os.path.join(out, "study.json")))
+    for run in earlier["runs"]:
+        run["seed"] += 2  # as if seeds 3 and 4 had been trained on a GPU
+        run["AP"] = run["AP"] + (1.0 if run["arm"] == "aw" else 0.0)
+    earlier["command"] = "python tools/study.py tiny.yaml MODEL.DEVICE cuda"
+    path = str(tmp_path / "earlier.json")
+    json.dump(earlier, open(path, "w"))
+    run_tool("study.py", spec, "--output", out, "--report-only", "--seeds", "1,2,3,4",
+             "--include", path)
+    study = json.load(open(os.path.join(out, "study.json")))
+    assert not study["missing"] and len(study["runs"]) == 8
+    aw = study["summary"]["arms"][1]["paired"]["AP"]
+    assert aw["n"] == 4 and {int(s) for s in aw["per_seed"]} == {1, 2, 3, 4}
+    assert aw["per_seed"]["3"] == pytest.approx(aw["per_seed"]["1"] + 1.0)
+    text = open(os.path.join(out, "study.md")).read()
+    assert f"4 runs (seeds 3, 4) come from the earlier report `{path}`, made with " \
+           "`python tools/study.py tiny.yaml MODEL.DEVICE cuda`" in text
+    assert "--include" in study["command"]
+    # Only a report of the same study; runs finished here are not replaced.
+    earlier["spec"]["name"] = "other"
+    json.dump(earlier, open(path, "w"))
+    refused = run_tool("study.py", spec, "--output", out, "--report-only", "--include", path,
+                       check=False)
+    assert refused.returncode == 2 and "a report of study 'other', not of 'tiny'" in refused.stderr
+

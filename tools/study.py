@@ -17,7 +17,8 @@ import sys
 import time
 
 from aw_detection.cli import user_errors
-from aw_detection.study import ROOT, collect_results, load_spec, plan_runs, run_study, write_report
+from aw_detection.study import (ROOT, collect_results, include_runs, load_spec, plan_runs, run_study,
+                                write_report)
 
 
 def main():
@@ -30,6 +31,9 @@ def main():
                    help="runs trained at once (default: 2, or 1 on a single core)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing; rebuild the report from the finished runs")
+    p.add_argument("--include", action="append", default=[], metavar="STUDY_JSON",
+                   help="add the runs of an earlier report of this study (e.g. seeds trained on "
+                        "another machine) for arm x seed pairs not finished here")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state only")
     p.add_argument("--force", action="store_true",
                    help="retrain finished runs and runs made with another command")
@@ -53,6 +57,8 @@ def main():
         start = time.time()
         failures = [] if args.report_only else run_study(pretrain, arms, args.jobs, args.force)
         rows, missing = collect_results(pretrain, arms)
+        for path in args.include:
+            rows, missing = include_runs(path, spec, rows, missing)
         command = " ".join(shlex.quote(a) for a in ["python", "tools/study.py", *sys.argv[1:]]
                            if a not in ("--report-only", "--force", "--debug"))
         print(write_report(spec, output, rows, missing, command))
