@@ -419,9 +419,10 @@ def export(cfg, model, fmt, output_dir, metadata, sample_image=None, batch=1):
     return info
 
 
-def export_benchmark(named_cfgs, iters=10, batch=1, warmup=2):
+def export_benchmark(named_cfgs, iters=10, batch=1, warmup=2, clock="wall"):
     """Eager vs TorchScript vs onnxruntime for each (name, cfg), interleaved in one process:
-    median seconds per image and the ratio to the config's eager model."""
+    median seconds per image (``clock`` as in ``time_interleaved``) and the ratio to the
+    config's eager model."""
     from detectron2.modeling import build_model
 
     from .benchmark import synthetic_batch, time_interleaved
@@ -439,7 +440,8 @@ def export_benchmark(named_cfgs, iters=10, batch=1, warmup=2):
                 steps[(name, runtime)] = lambda r=run, x=images: r(*x)
             rows += [{"config": name, "runtime": r, "input": list(images[0].shape[1:]),
                       "batch": batch} for r in ("eager", "torchscript", "onnxruntime")]
-        seconds = time_interleaved(steps, iters, warmup)
+        seconds = time_interleaved(steps, iters, warmup, device=named_cfgs[0][1].MODEL.DEVICE,
+                                   clock=clock)
     for row in rows:
         row["seconds_per_image"] = seconds[(row["config"], row["runtime"])] / batch
         row["ratio_to_eager"] = (seconds[(row["config"], row["runtime"])]

@@ -72,7 +72,7 @@ def main():
         if args.task == "export":  # the logic and table live in aw_detection.export
             from aw_detection.export import export_benchmark, export_benchmark_table
 
-            rows = export_benchmark(named, args.iters, args.batch_size)
+            rows = export_benchmark(named, args.iters, args.batch_size, clock=args.clock)
             print(f"{header}\n{export_benchmark_table(rows)}")
             if args.output:
                 with open(args.output, "w") as f:
