@@ -5,10 +5,13 @@ import argparse
 import logging
 import os
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 
 from aw_detection.backbone_weights import TORCHVISION_SETTINGS, apply_torchvision_settings
 from aw_detection.checkpoint import AWCheckpointer
@@ -245,3 +248,54 @@ def test_cli_errors_without_traceback(tmp_path, tiny_folder):
         setup(f"{DEMO}/shapes_R_18_FPN.yaml")
     with pytest.raises(UserError, match="NUM_CLASSES=7 but the image folder has 5 classes"):
         setup(f"{CLS}/shapes_R_18.yaml", "MODEL.CLASSIFIER.NUM_CLASSES", "7")
+
+
+def test_top1_and_top5_against_ranks():
+    """evaluate_classifier's top-k over 7 classes, against each label's rank among the logits."""
+
+    class Fixed(torch.nn.Module):
+        def forward(self, batch):
+            return batch["logits"]
+
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(23, 7, generator=gen), torch.randint(0, 7, (23,), generator=gen)
+    loader = [{"logits": logits[i:i + 10], "label": labels[i:i + 10], "error": [""] * 10}
+              for i in range(0, 23, 10)]
+    rank = (logits > logits.gather(1, labels[:, None])).sum(1)  # 0: the label scores highest
+    results = evaluate_classifier(Fixed(), loader, num_classes=7)
+    assert results["top1"] == pytest.approx(100 * (rank == 0).float().mean().item())
+    assert results["top5"] == pytest.approx(100 * (rank < 5).float().mean().item())
+    assert 0 < results["top1"] < results["top5"] < 100  # the three cases all occur
+
+
+def test_transforms_are_the_imagenet_recipe():
+    cfg = load_config(os.path.join(CLS, "shapes_R_18.yaml"))
+    c = cfg.INPUT.CLASSIFICATION
+    crop, flip, _ = _transform(cfg, True).transforms
+    assert isinstance(crop, torchvision.transforms.RandomResizedCrop)
+    assert crop.size == (c.TRAIN_SIZE, c.TRAIN_SIZE) and crop.scale == (c.MIN_SCALE, 1.0)
+    assert isinstance(flip, torchvision.transforms.RandomHorizontalFlip) and flip.p == 0.5
+    # Evaluation: shorter side to TEST_RESIZE, then the central TEST_SIZE square.
+    pixels = torch.arange(90 * 120 * 3, dtype=torch.int64).remainder(251).to(torch.uint8)
+    image = Image.fromarray(pixels.view(90, 120, 3).numpy())
+    cfg.merge_from_list(["INPUT.CLASSIFICATION.TEST_RESIZE", "60", "INPUT.CLASSIFICATION.TEST_SIZE", "40"])
+    out = _transform(cfg, False)(image)
+    resized = torch.from_numpy(np.asarray(image.resize((80, 60), Image.BILINEAR)))
+    assert out.shape == (3, 40, 40)
+    assert (out.permute(1, 2, 0).int() - resized[10:50, 20:60].int()).abs().max() <= 3
+
+
+def test_training_loss_is_label_smoothed_cross_entropy():
+    cfg = load_config(os.path.join(CLS, "shapes_R_18.yaml"), ["MODEL.CLASSIFIER.LABEL_SMOOTHING", "0.2"])
+    model = build_model(cfg).train()
+    batch = {"image": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8),
+             "label": torch.tensor([0, 1, 4, 2])}
+    with EventStorage():
+        loss = model(batch)["loss_cls"]
+    with torch.no_grad():
+        log_p = model.eval()(batch).log_softmax(1)
+    # (1 - e) * cross-entropy + e * mean over classes of -log p, e = 0.2
+    nll = -log_p.gather(1, batch["label"][:, None]).squeeze(1)
+    expected = (0.8 * nll + 0.2 * -log_p.mean(1)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(loss.item() - nll.mean().item()) > 1e-3  # the smoothing changed the loss
