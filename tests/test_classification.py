@@ -109,6 +109,27 @@ def test_pretrained_checkpoint_loads_into_plain_resnet_detector(aw_run):
     assert all(torch.equal(v, trained[k]) for k, v in backbone.items())
 
 
+def test_imagenet_classifier_loads_into_the_coco_detector(tmp_path):
+    """configs/classification/imagenet_R_50_aw_lite (BatchNorm) -> the COCO AW-lite Faster
+    R-CNN (FrozenBN): every backbone tensor, statistics and attention included, value for value."""
+    torch.manual_seed(0)
+    classifier = build_model(load_config(f"{CLS}/imagenet_R_50_aw_lite.yaml", ["MODEL.DEVICE", "cpu"]))
+    with torch.no_grad():
+        for name, value in classifier.state_dict().items():
+            if value.is_floating_point():  # non-trivial statistics and attention
+                value.uniform_(0.5, 1.5)
+    path = str(tmp_path / "model_final.pth")
+    torch.save({"model": classifier.state_dict()}, path)
+    trained = _classifier_backbone(path)
+    detector = build_model(load_config(f"{COCO}/faster_rcnn_R_50_FPN_1x_aw_lite.yaml",
+                                       ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]))
+    AWCheckpointer(detector).load(path)
+    backbone = detector.backbone.bottom_up.state_dict()
+    assert set(backbone) == {k for k in trained if not k.endswith("num_batches_tracked")}
+    for name, value in backbone.items():
+        assert torch.equal(value, trained[name]), name
+
+
 def _torchvision_state(arch, path, num_classes=1000):
     """A randomly initialised torchvision ResNet with non-trivial BatchNorm statistics."""
     torch.manual_seed(0)
