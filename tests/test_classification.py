@@ -75,6 +75,15 @@ def test_resume_continues_the_run(tiny_folder, tmp_path):
     assert "Starting training from iteration 2" in proc.stdout + proc.stderr
 
 
+def test_amp_on_cpu_trains_under_bfloat16_autocast(tiny_folder, tmp_path):
+    out = str(tmp_path / "amp")
+    proc = run_tool("train_classification.py", "--config-file", f"{CLS}/shapes_R_18_aw.yaml",
+                    "--data-dir", tiny_folder, *TINY_CLS_OPTS, "SOLVER.AMP.ENABLED", "True",
+                    "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", out)
+    assert "SOLVER.AMP.ENABLED on CPU: bfloat16 autocast" in proc.stdout + proc.stderr
+    assert 0 <= read_eval_results(out)["top1"] <= 100
+
+
 def _classifier_backbone(path):
     state = torch.load(path, map_location="cpu", weights_only=False)["model"]
     return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}

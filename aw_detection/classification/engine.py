@@ -72,9 +72,6 @@ def setup_classification(args):
     _apply_classes(cfg, classes, not args.eval_only, NUM_CLASSES_KEY in opts)
     check_weights(cfg, args.eval_only, args.resume)
     apply_torchvision_settings(cfg, explicit_keys=opts)
-    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
-        logger.warning("SOLVER.AMP.ENABLED needs CUDA: training in float32 on CPU")
-        cfg.SOLVER.AMP.ENABLED = False
     cfg.freeze()
     default_setup(cfg, args)
     if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
