@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 import yaml
 
 from .errors import UserError
+from .evaluation.results import read_metrics_log
 
 __all__ = ["load_spec", "plan_runs", "run_study", "collect_results", "include_runs", "summarize",
            "paired_interval", "welch_interval", "t_interval", "write_report"]
@@ -315,18 +316,7 @@ def _clear(directory):
 def _train_loss(run_dir):
     """Mean of the last LAST_LOSSES logged total_loss values (each already Detectron2's median
     over 20 iterations), or None."""
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.exists(path):
-        return None
-    losses = []
-    with open(path) as f:
-        for line in f:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "total_loss" in entry:
-                losses.append(entry["total_loss"])
+    losses = [entry["total_loss"] for entry in read_metrics_log(run_dir) if "total_loss" in entry]
     return statistics.mean(losses[-LAST_LOSSES:]) if losses else None
 
 
@@ -347,15 +337,10 @@ def _attention(run_dir):
     """{"abs_A <stage>": last value, "abs_A_history": {stage: [[iteration, value], ...]}}: the
     AttentionStats records in metrics.json (AW runs; {} for others)."""
     history = {}
-    with open(os.path.join(run_dir, "metrics.json")) as f:
-        for line in f:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            for key, value in entry.items():
-                if key.startswith("aw/") and key.endswith("/abs_A"):
-                    history.setdefault(key.split("/")[1], []).append([entry.get("iteration"), value])
+    for entry in read_metrics_log(run_dir):
+        for key, value in entry.items():
+            if key.startswith("aw/") and key.endswith("/abs_A"):
+                history.setdefault(key.split("/")[1], []).append([entry.get("iteration"), value])
     if not history:
         return {}
     return {**{f"abs_A {stage}": points[-1][1] for stage, points in history.items()},

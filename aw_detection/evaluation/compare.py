@@ -10,7 +10,7 @@ import math
 import os
 import statistics
 
-from .results import read_eval_results
+from .results import read_eval_results, read_metrics_log
 
 __all__ = ["METRICS", "load_run", "compare_runs", "group_by_config", "write_comparison"]
 
@@ -20,15 +20,7 @@ SEGM_METRICS = [f"mask {m}" for m in METRICS]
 
 
 def _train_seconds_per_iter(run_dir):
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.exists(path):
-        return None
-    times = []
-    with open(path) as f:
-        for line in f:
-            entry = json.loads(line)
-            if "time" in entry:
-                times.append(entry["time"])
+    times = [entry["time"] for entry in read_metrics_log(run_dir) if "time" in entry]
     return statistics.median(times) if times else None
 
 

@@ -1,9 +1,10 @@
-"""eval_results.json: the metrics of the last evaluation, in strict JSON."""
+"""eval_results.json: the metrics of the last evaluation, in strict JSON; and the training
+log Detectron2's JSONWriter keeps in metrics.json."""
 import json
 import math
 import os
 
-__all__ = ["write_eval_results", "read_eval_results"]
+__all__ = ["write_eval_results", "read_eval_results", "read_metrics_log"]
 
 FILE_NAME = "eval_results.json"
 
@@ -28,3 +29,19 @@ def write_eval_results(results, output_dir):
 def read_eval_results(output_dir):
     with open(os.path.join(output_dir, FILE_NAME)) as f:
         return json.load(f)
+
+
+def read_metrics_log(run_dir):
+    """The records of ``run_dir/metrics.json`` (one JSON object a line), in order; [] without
+    the file. A line cut off by a killed run is skipped."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
