@@ -183,6 +183,27 @@ def _flat(node, prefix=""):
     return out
 
 
+@pytest.mark.parametrize("name,builder", [
+    ("COCO-Detection/retinanet_R_50_FPN_1x.yaml", RETINANET),
+    ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", "build_aw_resnet_fpn_backbone"),
+])
+def test_a_model_zoo_config_with_only_our_builder_is_detectron2s_model(name, builder):
+    """A config that never went through add_aw_config (no MODEL.AW/AA/ACT_ATTENTION) asks for
+    no attention: the detector computes what Detectron2's own computes."""
+    cfg = model_zoo.get_config(name)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", 128,
+                         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0])
+    reference = build_model(cfg).eval()
+    cfg.MODEL.BACKBONE.NAME = builder
+    ours = build_model(cfg).eval()
+    ours.load_state_dict(reference.state_dict())  # strict: the same parameters
+    image = [{"image": torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(0)) * 255}]
+    with torch.no_grad():
+        expected, got = reference(image)[0]["instances"], ours(image)[0]["instances"]
+    assert len(expected) > 0
+    assert_instances_allclose(got, expected, rtol=0)
+
+
 def test_every_variant_is_its_baseline_plus_its_attention():
     pattern = re.compile(r"(.*_R_\d+_FPN_\dx)_(" + "|".join(VARIANT_KEYS) + r")\.yaml$")
     checked, bases = 0, {}

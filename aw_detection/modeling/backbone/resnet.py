@@ -52,8 +52,12 @@ def _plain(value):
 
 
 def _section(cfg, arg):
-    """The backbone settings of MODEL.AW / MODEL.AA / MODEL.ACT_ATTENTION, lower-case keys."""
-    node = cfg.MODEL[ATTENTION_SECTIONS[arg]]
+    """The backbone settings of MODEL.AW / MODEL.AA / MODEL.ACT_ATTENTION, lower-case keys; a
+    config without that node (one that did not go through ``add_aw_config``, e.g. a Detectron2
+    model-zoo config with only the backbone name changed) asks for none of that attention."""
+    node = cfg.MODEL.get(ATTENTION_SECTIONS[arg])
+    if node is None:
+        return attention_defaults()[arg]
     return {key: _plain(node[key.upper()]) for key in BACKBONE_KEYS[arg]}
 
 
