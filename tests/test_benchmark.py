@@ -42,6 +42,9 @@ def test_benchmark_models(tmp_path):
     proc = run_tool("benchmark.py", "--task", "train", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
                     "--expand-bf16", check=False)
     assert proc.returncode == 2 and "--expand-bf16 is an inference option" in proc.stderr
+    proc = run_tool("benchmark.py", "--task", "train", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
+                    "--batched-path", "grouped", check=False)
+    assert proc.returncode == 2 and "--batched-path times this process only: add --no-memory" in proc.stderr
 
 
 def test_benchmark_needs_a_config():

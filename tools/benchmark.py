@@ -18,7 +18,7 @@ from tabulate import tabulate
 import aw_detection  # noqa: F401  (registers backbones)
 from aw_detection.benchmark import CLOCKS, aa_memory_benchmark, layer_benchmark, model_benchmark
 from aw_detection.config import load_config
-from aw_detection.layers.aw_conv import PATHS
+from aw_detection.layers.aw_conv import BATCHED_PATH, PATHS
 
 
 def main():
@@ -32,6 +32,9 @@ def main():
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--paths", nargs="+", choices=["default", *PATHS], default=["default"],
                    help="layer task: AWConv2d formulations to time (default: the policy's)")
+    p.add_argument("--batched-path", choices=["per_sample", "grouped"],
+                   help="inference/train tasks: AWConv2d's formulation for batches > 1 on this "
+                        "device instead of the policy's (aw_conv.BATCHED_PATH); with --no-memory")
     p.add_argument("--expand-bf16", action="store_true",
                    help="layer and inference tasks: AW generators' expand weights in bfloat16")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
@@ -44,6 +47,11 @@ def main():
     if args.clock == "cpu" and device != "cpu":
         p.error("--clock cpu measures CPU work; use --clock wall on a GPU")
     header = f"{device}, {torch.get_num_threads()} threads, median {args.clock} time of {args.iters}"
+    if args.batched_path:
+        if not args.no_memory:  # the peak-memory children would run the default policy
+            p.error("--batched-path times this process only: add --no-memory")
+        BATCHED_PATH[torch.device(device).type] = args.batched_path
+        header += f", AWConv2d batches as {args.batched_path}"
 
     if args.task == "layer":
         paths = [None if name == "default" else name for name in args.paths]
