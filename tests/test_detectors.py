@@ -192,7 +192,9 @@ def test_a_model_zoo_config_with_only_our_builder_is_detectron2s_model(name, bui
     no attention: the detector computes what Detectron2's own computes."""
     cfg = model_zoo.get_config(name)
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", 128,
-                         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0])
+                         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
+                         "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0])
+    torch.manual_seed(0)
     reference = build_model(cfg).eval()
     cfg.MODEL.BACKBONE.NAME = builder
     ours = build_model(cfg).eval()
