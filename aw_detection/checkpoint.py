@@ -57,8 +57,12 @@ class AWCheckpointer(DetectionCheckpointer):
             return super().load(path, *args, **kwargs)
         except UserError:
             raise
+        except (OSError, AssertionError) as e:
+            if self._model_loaded:
+                raise
+            raise self._cannot_open(path, e) from e  # missing (fvcore asserts), not downloadable
         except Exception as e:
-            if not self._model_loaded:
+            if not (self._model_loaded and self._source != "MODEL.WEIGHTS"):
                 raise
             # The model loaded; the optimizer / scheduler state that --resume restores did not.
             raise UserError(
@@ -66,13 +70,16 @@ class AWCheckpointer(DetectionCheckpointer):
                 f"{e}). The config probably changed since it was written; start a new run from "
                 f"its weights with MODEL.WEIGHTS {path} (without --resume)") from e
 
+    def _cannot_open(self, path, error):
+        hint = (" Without internet, download it elsewhere and set MODEL.WEIGHTS to the "
+                "local file" if self._source == "MODEL.WEIGHTS" else "")
+        return UserError(f"{self._source} {path} cannot be opened ({error}).{hint}")
+
     def _load_file(self, filename):
         try:
             checkpoint = super()._load_file(filename)
         except (OSError, AssertionError) as e:
-            hint = (" Without internet, download it elsewhere and set MODEL.WEIGHTS to the "
-                    "local file" if self._source == "MODEL.WEIGHTS" else "")
-            raise UserError(f"{self._source} {filename} cannot be opened ({e}).{hint}") from e
+            raise self._cannot_open(filename, e) from e
         except Exception as e:  # unpickling / zip / format errors: not a checkpoint
             raise UserError(f"{self._source} {filename} is not a readable Detectron2 checkpoint "
                             f"(.pth or .pkl): {type(e).__name__}: {e}") from e

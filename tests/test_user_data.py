@@ -209,6 +209,10 @@ def test_resume_with_state_that_does_not_fit_names_the_cause(sparse_run, tmp_pat
     proc = run_tool("train_net.py", "--config-file", AW_CONFIG, *args, check=False)
     _refused(proc, r"^error: the last checkpoint \(--resume\) \S*model_broken.pth is not a "
                    r"readable Detectron2 checkpoint")
+    os.remove(os.path.join(out, "model_broken.pth"))  # a last checkpoint that is gone
+    proc = run_tool("train_net.py", "--config-file", AW_CONFIG, *args, check=False)
+    _refused(proc, r"^error: the last checkpoint \(--resume\) \S*model_broken.pth cannot be "
+                   r"opened \(Checkpoint \S* not found!\)\.$")
 
 
 def test_cli_reports_input_errors_without_traceback(tiny_shapes, tmp_path):
