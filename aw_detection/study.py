@@ -42,7 +42,7 @@ import yaml
 from .errors import UserError
 from .evaluation.results import read_metrics_log
 
-__all__ = ["load_spec", "plan_runs", "run_study", "collect_results", "include_runs", "summarize",
+__all__ = ["load_spec", "plan_runs", "run_study", "collect_results", "included_seeds", "summarize",
            "paired_interval", "welch_interval", "t_interval", "write_report"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -175,7 +175,7 @@ def _command(task, config, args, opts, seed, output_dir, weights=None):
 
 def plan_runs(spec, output, extra_opts=(), seeds=None):
     """(pre-training runs, arm runs): dicts with kind, arm/pretrain name, seed, dir, args."""
-    seeds = seeds or spec["seeds"]
+    seeds = spec["seeds"] if seeds is None else seeds
     # Relative to the study's output, so that studies under one folder can share pre-training.
     pre_root = os.path.normpath(os.path.join(output, spec["pretrain_output"] or "pretrain"))
     opts = list(spec["opts"])
@@ -336,37 +336,62 @@ def read_metrics(run_dir, task):
 def _attention(run_dir):
     """{"abs_A <stage>": last value, "abs_A_history": {stage: [[iteration, value], ...]}}: the
     AttentionStats records in metrics.json (AW runs; {} for others)."""
-    history = {}
+    by_stage = {}  # stage -> {iteration: value}; a resumed run logs some iterations twice
     for entry in read_metrics_log(run_dir):
         for key, value in entry.items():
             if key.startswith("aw/") and key.endswith("/abs_A"):
-                history.setdefault(key.split("/")[1], []).append([entry.get("iteration"), value])
-    if not history:
+                by_stage.setdefault(key.split("/")[1], {})[entry.get("iteration")] = value
+    if not by_stage:
         return {}
+    history = {stage: [[it, v] for it, v in sorted(points.items())] for stage, points in by_stage.items()}
     return {**{f"abs_A {stage}": points[-1][1] for stage, points in history.items()},
             "abs_A_history": history}
 
 
-def include_runs(path, spec, rows, missing):
-    """Add the runs of an earlier report (``study.json``, e.g. seeds trained on another
-    machine) for the arm x seed pairs of ``spec`` that have no finished run here. Each added
-    run keeps its folder and gets ``source`` (the report) and ``source_command``. Returns
-    (rows, missing)."""
-    try:
-        with open(path) as f:
-            report = json.load(f)
-        runs, name = report["runs"], report["spec"]["name"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"--include {path}: not a study.json written by tools/study.py ({e})")
-    if name != spec["name"]:
-        raise UserError(f"--include {path}: a report of study {name!r}, not of {spec['name']!r}")
-    have = {(r["arm"], r["seed"]) for r in rows}
-    arms = {a["name"] for a in spec["arms"]}
-    added = [dict(r, source=path, source_command=report.get("command"))
-             for r in runs if r["arm"] in arms and r["seed"] in spec["seeds"]
-             and (r["arm"], r["seed"]) not in have]
-    labels = {f"{r['arm']} seed {r['seed']}" for r in added}
-    return rows + added, [m for m in missing if m not in labels]
+def _comparable(spec):
+    """What defines a study's runs (not its seeds, texts or output folder), with config paths
+    from ``configs/`` on, so that reports written on other machines compare."""
+    def relative(path):
+        i = path.rfind("/configs/")
+        return path[i + 1:] if i >= 0 else path
+
+    return {"baseline": spec["baseline"], "opts": spec["opts"],
+            "detection_args": spec["detection_args"],
+            "classification_args": spec["classification_args"],
+            "pretrain": {n: dict(e, config=relative(e["config"])) for n, e in spec["pretrain"].items()},
+            "arms": [dict(a, config=relative(a["config"])) for a in spec["arms"]]}
+
+
+def included_seeds(paths, spec, arm_runs):
+    """{seed: rows} taken from earlier reports of this study (``study.json`` files, e.g. seeds
+    trained on another machine): whole seeds, every arm of one seed from one report, for the
+    seeds of ``spec`` that are not finished here (``arm_runs``, from :func:`plan_runs`). Each
+    row gets ``source`` (the report) and ``source_command``."""
+    finished = {s for s in spec["seeds"]
+                if all(run_state(r) == "finished" for r in arm_runs if r["seed"] == s)}
+    arms = [a["name"] for a in spec["arms"]]
+    taken = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                report = json.load(f)
+            runs, theirs = report["runs"], _comparable(report["spec"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"--include {path}: not a study.json written by tools/study.py ({e})")
+        ours = _comparable(spec)
+        differ = [k for k in ours if ours[k] != theirs[k]]
+        if differ:
+            raise UserError(f"--include {path}: a report of another study (its {differ[0]} "
+                            f"differ: {theirs[differ[0]]} vs {ours[differ[0]]})")
+        by_seed = {}
+        for run in runs:
+            by_seed.setdefault(run["seed"], {})[run["arm"]] = dict(
+                run, source=path, source_command=report.get("command"))
+        for seed, found in sorted(by_seed.items()):
+            if seed in spec["seeds"] and seed not in finished and seed not in taken \
+                    and set(arms) <= set(found):
+                taken[seed] = [found[a] for a in arms]
+    return taken
 
 
 def collect_results(pretrain, arms):

@@ -186,31 +186,40 @@ def test_study_rows_carry_further_test_sets_and_the_attention(tmp_path):
         "abs_A_history": {"res3": [[19, 0.1], [39, 0.2]], "res5": [[19, 0.3], [39, 0.4]]}}
 
 
-def test_study_includes_the_runs_of_an_earlier_report(tiny_study, tmp_path):
-    """Seeds trained elsewhere (another machine) join the report through its study.json."""
+def test_study_takes_whole_seeds_from_an_earlier_report(tiny_study, tmp_path):
+    """Seeds trained elsewhere (another machine) join the report through its study.json: seeds
+    not finished here are taken whole from it (and not trained); seeds finished here stay."""
     spec, out = tiny_study["spec"], tiny_study["out"]
     earlier = json.load(open(os.path.join(out, "study.json")))
-    for run in earlier["runs"]:
-        run["seed"] += 2  # as if seeds 3 and 4 had been trained on a GPU
-        run["AP"] = run["AP"] + (1.0 if run["arm"] == "aw" else 0.0)
-    earlier["command"] = "python tools/study.py tiny.yaml MODEL.DEVICE cuda"
+    local = {(r["arm"], r["seed"]): r["AP"] for r in earlier["runs"]}
+    runs = []
+    for seed in (1, 2, 3, 4):  # 1, 2: copies that must not replace the runs made here
+        for run in earlier["runs"]:
+            if run["seed"] == (seed - 1) % 2 + 1:
+                runs.append(dict(run, seed=seed, AP=run["AP"] + (1.0 if run["arm"] == "aw" else 0.0)))
+    runs = [r for r in runs if not (r["seed"] == 4 and r["arm"] == "aw")]  # seed 4: incomplete
+    earlier.update(runs=runs, command="python tools/study.py tiny.yaml MODEL.DEVICE cuda")
     path = str(tmp_path / "earlier.json")
     json.dump(earlier, open(path, "w"))
-    run_tool("study.py", spec, "--output", out, "--report-only", "--seeds", "1,2,3,4",
-             "--include", path)
+    proc = run_tool("study.py", spec, "--output", out, "--seeds", "1,2,3,4", "--include", path)
+    # Seed 3 came from the report; seed 4, incomplete there, was trained here.
+    assert "seed 3  iter" not in proc.stdout and not os.path.exists(os.path.join(out, "base", "seed3"))
+    assert "aw seed 4: done" in proc.stdout
     study = json.load(open(os.path.join(out, "study.json")))
     assert not study["missing"] and len(study["runs"]) == 8
+    sources = {(r["arm"], r["seed"]): r.get("source") for r in study["runs"]}
+    assert {k for k, v in sources.items() if v} == {("base", 3), ("aw", 3)}
+    got = {(r["arm"], r["seed"]): r["AP"] for r in study["runs"]}
+    assert all(got[k] == local[k] for k in local)  # seeds 1 and 2 as trained here
     aw = study["summary"]["arms"][1]["paired"]["AP"]
-    assert aw["n"] == 4 and {int(s) for s in aw["per_seed"]} == {1, 2, 3, 4}
-    assert aw["per_seed"]["3"] == pytest.approx(aw["per_seed"]["1"] + 1.0)
+    assert aw["n"] == 4 and aw["per_seed"]["3"] == pytest.approx(aw["per_seed"]["1"] + 1.0)
     text = open(os.path.join(out, "study.md")).read()
-    assert f"4 runs (seeds 3, 4) come from the earlier report `{path}`, made with " \
+    assert f"2 runs (seeds 3) come from the earlier report `{path}`, made with " \
            "`python tools/study.py tiny.yaml MODEL.DEVICE cuda`" in text
     assert "--include" in study["command"]
-    # Only a report of the same study; runs finished here are not replaced.
-    earlier["spec"]["name"] = "other"
+    # Only a report of the same study (arms, configs, overrides).
+    earlier["spec"]["arms"][1]["opts"] = ["MODEL.AW.ATTENTION_GROUPS", "4"]
     json.dump(earlier, open(path, "w"))
     refused = run_tool("study.py", spec, "--output", out, "--report-only", "--include", path,
                        check=False)
-    assert refused.returncode == 2 and "a report of study 'other', not of 'tiny'" in refused.stderr
-
+    assert refused.returncode == 2 and "a report of another study (its arms differ" in refused.stderr

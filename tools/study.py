@@ -17,8 +17,8 @@ import sys
 import time
 
 from aw_detection.cli import user_errors
-from aw_detection.study import (ROOT, collect_results, include_runs, load_spec, plan_runs, run_study,
-                                write_report)
+from aw_detection.study import (ROOT, collect_results, included_seeds, load_spec, plan_runs,
+                                run_study, write_report)
 
 
 def main():
@@ -32,8 +32,8 @@ def main():
     p.add_argument("--report-only", action="store_true",
                    help="train nothing; rebuild the report from the finished runs")
     p.add_argument("--include", action="append", default=[], metavar="STUDY_JSON",
-                   help="add the runs of an earlier report of this study (e.g. seeds trained on "
-                        "another machine) for arm x seed pairs not finished here")
+                   help="take the seeds of an earlier report of this study (e.g. trained on "
+                        "another machine) that are not finished here: they are not trained")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state only")
     p.add_argument("--force", action="store_true",
                    help="retrain finished runs and runs made with another command")
@@ -49,6 +49,10 @@ def main():
             spec["seeds"] = args.seeds
         output = os.path.abspath(args.output or os.path.join(ROOT, "output", "studies", spec["name"]))
         pretrain, arms = plan_runs(spec, output, args.opts)
+        included = included_seeds(args.include, spec, arms)
+        if included:  # those seeds are not trained here
+            pretrain, arms = plan_runs(spec, output, args.opts,
+                                       [s for s in spec["seeds"] if s not in included])
         if args.dry_run:
             from aw_detection.study import run_state
             for run in pretrain + arms:
@@ -57,8 +61,7 @@ def main():
         start = time.time()
         failures = [] if args.report_only else run_study(pretrain, arms, args.jobs, args.force)
         rows, missing = collect_results(pretrain, arms)
-        for path in args.include:
-            rows, missing = include_runs(path, spec, rows, missing)
+        rows += [row for seed in sorted(included) for row in included[seed]]
         command = " ".join(shlex.quote(a) for a in ["python", "tools/study.py", *sys.argv[1:]]
                            if a not in ("--report-only", "--force", "--debug"))
         print(write_report(spec, output, rows, missing, command))
