@@ -80,8 +80,8 @@ def test_amp_on_cpu_trains_under_bfloat16_autocast(tiny_folder, tmp_path):
     proc = run_tool("train_classification.py", "--config-file", f"{CLS}/shapes_R_18_aw.yaml",
                     "--data-dir", tiny_folder, *TINY_CLS_OPTS, "SOLVER.AMP.ENABLED", "True",
                     "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", out)
+    # The trainer that runs the forward under bfloat16 autocast (test_train_net checks it does).
     assert "SOLVER.AMP.ENABLED on CPU: bfloat16 autocast" in proc.stdout + proc.stderr
-    assert 0 <= read_eval_results(out)["top1"] <= 100
 
 
 def _classifier_backbone(path):

@@ -18,8 +18,8 @@ from detectron2.structures import Boxes, Instances
 from aw_detection.config import load_config
 from aw_detection.data import read_image
 from aw_detection.errors import UserError
-from aw_detection.export import (ExportError, compare_outputs, export, export_model, image_tensor,
-                                 load_exported, output_names, traceable_model)
+from aw_detection.export import (ExportError, compare_outputs, export, export_benchmark, export_model,
+                                 image_tensor, load_exported, output_names, traceable_model)
 from aw_detection.layers import AWConv2d
 
 from .conftest import ROOT, run_tool
@@ -292,14 +292,20 @@ def test_cli_errors_are_clear(tmp_path):
         export(cfg, model, "torchscript", str(tmp_path), meta, batch=0)
 
 
-def test_export_benchmark_rows(tmp_path):
-    """tools/benchmark.py --task export: one row per config and runtime, timed with the
-    requested clock."""
-    out = tmp_path / "rows.json"
-    proc = run_tool("benchmark.py", "--task", "export", "--iters", "1", "--clock", "cpu",
-                    "--config-file", os.path.join(DEMO, "shapes_R_18_FPN_aw.yaml"),
-                    "--output", str(out), "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96")
-    rows = json.load(open(out))
+def test_export_benchmark_rows(monkeypatch):
+    """Eager, TorchScript and onnxruntime rows, timed interleaved with the requested clock."""
+    from aw_detection import benchmark
+
+    timed, real = [], benchmark.time_interleaved
+
+    def recorded(steps, *args, **kwargs):  # the real timing, its arguments kept
+        timed.append((sorted(steps), kwargs))
+        return real(steps, *args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "time_interleaved", recorded)
+    cfg = _config("aw_lite", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96")
+    rows = export_benchmark([("aw_lite", cfg)], iters=1, warmup=0, clock="cpu")
     assert [r["runtime"] for r in rows] == ["eager", "torchscript", "onnxruntime"]
     assert all(r["seconds_per_image"] > 0 and r["input"] == [64, 85] for r in rows)
-    assert "onnxruntime" in proc.stdout and "median cpu time of 1" in proc.stdout
+    assert timed == [([("aw_lite", "eager"), ("aw_lite", "onnxruntime"), ("aw_lite", "torchscript")],
+                      {"device": "cpu", "clock": "cpu"})]

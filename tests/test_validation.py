@@ -131,6 +131,10 @@ def test_missing_image_size_is_read_from_the_file_and_duplicate_names_refused(co
     summary = validate_coco(json_file, image_dir, "mine")
     assert [(im["height"], im["width"]) for im in summary["data"]["images"]] == expected
     assert "2 images lack height/width; filled in from the files" in caplog.text
+    data["images"][0]["width"] = expected[0][1]  # one side given, and right: the other filled
+    _write(json_file, data)
+    summary = validate_coco(json_file, image_dir, "mine")
+    assert [(im["height"], im["width"]) for im in summary["data"]["images"]] == expected
     data["categories"][3]["name"] = data["categories"][1]["name"]
     _write(json_file, data)
     with pytest.raises(UserError, match="mine.json: categories 2, 4 are all named 'rectangle'"):

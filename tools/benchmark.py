@@ -48,10 +48,12 @@ def main():
         p.error("--clock cpu measures CPU work; use --clock wall on a GPU")
     header = f"{device}, {torch.get_num_threads()} threads, median {args.clock} time of {args.iters}"
     if args.batched_path:
+        if args.task not in ("inference", "train"):
+            p.error("--batched-path is for --task inference/train (the layer task has --paths)")
         if not args.no_memory:  # the peak-memory children would run the default policy
             p.error("--batched-path times this process only: add --no-memory")
         BATCHED_PATH[torch.device(device).type] = args.batched_path
-        header += f", AWConv2d batches as {args.batched_path}"
+        header += f", AWConv2d batches as {args.batched_path} (where not 'patches')"
 
     if args.task == "layer":
         paths = [None if name == "default" else name for name in args.paths]
