@@ -343,7 +343,8 @@ def _attention(run_dir):
                 by_stage.setdefault(key.split("/")[1], {})[entry.get("iteration")] = value
     if not by_stage:
         return {}
-    history = {stage: [[it, v] for it, v in sorted(points.items())] for stage, points in by_stage.items()}
+    history = {stage: [[it, v] for it, v in sorted(points.items())]
+               for stage, points in by_stage.items()}
     return {**{f"abs_A {stage}": points[-1][1] for stage, points in history.items()},
             "abs_A_history": history}
 
