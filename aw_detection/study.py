@@ -359,7 +359,8 @@ def _comparable(spec):
     return {"baseline": spec["baseline"], "opts": spec["opts"],
             "detection_args": spec["detection_args"],
             "classification_args": spec["classification_args"],
-            "pretrain": {n: dict(e, config=relative(e["config"])) for n, e in spec["pretrain"].items()},
+            "pretrain": {name: dict(entry, config=relative(entry["config"]))
+                         for name, entry in spec["pretrain"].items()},
             "arms": [dict(a, config=relative(a["config"])) for a in spec["arms"]]}
 
 
@@ -595,7 +596,8 @@ def _attention_over_iterations(summary, rows, points=4):
     logged = sorted({it for r in histories for h in r["abs_A_history"].values() for it, _ in h})
     picks = sorted({logged[round((len(logged) - 1) * (i + 1) / points)] for i in range(points)})
     lines = ["", "Mean |A| over training (iterations as logged; mean over the seeds that "
-             "logged them):", "", "| arm | stage | " + " | ".join(f"iteration {i + 1}" for i in picks) + " |",
+             "logged them):", "",
+             "| arm | stage | " + " | ".join(f"iteration {i + 1}" for i in picks) + " |",
              "|" + "---|" * (len(picks) + 2)]
     for arm in summary["arms"]:
         runs = [r for r in histories if r["arm"] == arm["arm"]]
