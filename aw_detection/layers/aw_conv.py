@@ -163,7 +163,9 @@ def _modulate(weight, rows, n, out=None):
     k = weight.reshape(groups, c_out // groups, cpg, kh * kw)
     a = _attention_view(rows, cpg, n, kh * kw)
     if out is None:
-        return torch.addcmul(k, k, a).reshape(n, c_out, cpg, kh, kw)
+        # k's leading 1 makes TensorIterator lay the result out sample-major at N = 1 (traces,
+        # exports): with k as (G, ...) it picks A's transposed layout and the reshape copies.
+        return torch.addcmul(k.unsqueeze(0), k, a).reshape(n, c_out, cpg, kh, kw)
     torch.addcmul(k, k, a, out=out.view(n, groups, c_out // groups, cpg, kh * kw))
     return out
 
