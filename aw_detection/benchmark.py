@@ -25,6 +25,7 @@ __all__ = [
     "layer_benchmark",
     "model_benchmark",
     "peak_memory_mb",
+    "share_weights",
     "synthetic_batch",
     "time_interleaved",
 ]
@@ -297,6 +298,18 @@ def _build(cfg, expand_dtype=None):
     return model
 
 
+def share_weights(source, target):
+    """Copy ``source``'s parameters and buffers into ``target`` where names and shapes match;
+    returns how many. A fresh AW network given the baseline's weights computes the baseline's
+    function, so both see the same proposals: the cost of RoIAlign and NMS depends on the
+    proposals' number and size, and unrelated random weights made it differ by tens of ms per
+    training step (measured, README "Cost")."""
+    own = target.state_dict()
+    shared = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    target.load_state_dict(shared, strict=False)
+    return len(shared)
+
+
 def _make_model_step(cfg, batch_size, train, expand_dtype=None):
     model = _build(cfg, expand_dtype)
     model.train(train)
@@ -315,8 +328,13 @@ def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory
         raise ValueError("expand_dtype is an inference option (training keeps float32)")
     rows, steps = [], {}
     device = named_cfgs[0][1].MODEL.DEVICE
+    first = None
     for name, cfg in named_cfgs:
         model = _build(cfg, expand_dtype)
+        if first is None:
+            first = model
+        else:
+            share_weights(first, model)
         stats = model_statistics(cfg, model=model)
         model.train(train)
         steps[name] = _model_step(model, synthetic_batch(cfg, batch_size, train), train)

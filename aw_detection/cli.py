@@ -1,9 +1,11 @@
 """How the tools end on user errors: one message, a non-zero status, no traceback."""
 import contextlib
+import functools
 import logging
 import os
 import sys
 
+from .allocator import reuse_freed_memory
 from .config import load_config, load_run_config
 from .errors import UserError
 
@@ -81,6 +83,11 @@ def add_dataset_arguments(parser):
     return parser
 
 
+def _worker(main, *args):
+    reuse_freed_memory()  # per process: launch() may spawn fresh ones
+    return main(*args)
+
+
 def launch_main(main, args):
     """Detectron2's ``launch`` with default_argument_parser's process flags; a worker that
     exited (after printing its own one-line error) gives its exit status."""
@@ -88,7 +95,7 @@ def launch_main(main, args):
     from torch.multiprocessing import ProcessExitedException
 
     try:
-        launch(main, args.num_gpus, num_machines=args.num_machines,
+        launch(functools.partial(_worker, main), args.num_gpus, num_machines=args.num_machines,
                machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
     except ProcessExitedException as e:
         sys.exit(e.exit_code)

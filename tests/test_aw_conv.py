@@ -84,10 +84,20 @@ def test_every_path_backward_matches_reference(case, batch):
 
 def test_select_path_policy():
     assert select_path(1, "cpu") == "plain" and select_path(1, "cuda") == "plain"
-    assert select_path(2, "cpu") == "per_sample" and select_path(4, "cuda") == "grouped"
+    assert select_path(2, "cpu", train=True) == "per_sample" and select_path(2, "cpu") == "grouped"
+    assert select_path(4, "cuda") == select_path(4, "cuda", train=True) == "grouped"
     layer = AWConv2d(4, 4, 3, padding=1)
     assert layer.conv_path(torch.randn(1, 4, 5, 5)) == "plain"
+    # Training is any call autograd records: through the parameters or through the input.
     assert layer.conv_path(torch.randn(3, 4, 5, 5)) == "per_sample"
+    with torch.no_grad():
+        assert layer.conv_path(torch.randn(3, 4, 5, 5)) == "grouped"
+    layer.requires_grad_(False)
+    assert layer.conv_path(torch.randn(3, 4, 5, 5)) == "grouped"
+    assert layer.conv_path(torch.randn(3, 4, 5, 5, requires_grad=True)) == "per_sample"
+    layer.generator.expand.requires_grad_(True)
+    assert layer.conv_path(torch.randn(3, 4, 5, 5)) == "per_sample"
+    layer.requires_grad_(True)
     layer.path = "grouped"
     assert layer.conv_path(torch.randn(1, 4, 5, 5)) == "grouped"
     layer.path = "plain"
@@ -265,9 +275,9 @@ def test_channels_last_input(batch):
         assert out.is_contiguous(memory_format=torch.channels_last), path
         torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=0, msg=path)
     layer.path = None
-    with torch.no_grad(), _LargeCopies(x.numel()) as copies:
+    with _LargeCopies(x.numel()) as copies:
         layer(x_cl)
-    # The default path reads channels_last input in place; the output concatenation (N > 1)
+    # The training path reads channels_last input in place; the output concatenation (N > 1)
     # is the only full-size copy it makes.
     assert copies.seen == ([] if batch == 1 else ["aten.cat.default"])
     layer.path = "grouped"

@@ -13,8 +13,11 @@ from aw_detection.benchmark import (
     aa_memory_benchmark,
     layer_benchmark,
     peak_memory_mb,
+    share_weights,
+    synthetic_batch,
     time_interleaved,
 )
+from aw_detection.config import load_config
 
 from .conftest import ROOT, run_tool
 
@@ -45,6 +48,26 @@ def test_benchmark_models(tmp_path):
     proc = run_tool("benchmark.py", "--task", "train", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
                     "--batched-path", "grouped", check=False)
     assert proc.returncode == 2 and "--batched-path times this process only: add --no-memory" in proc.stderr
+
+
+def test_shared_weights_give_every_candidate_the_baselines_proposals():
+    """A fresh AW network with the baseline's weights is the baseline's function: both see
+    the same proposals, so the data-dependent parts (RoIAlign, NMS) cost the same."""
+    from detectron2.modeling import build_model
+
+    opts = ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "MODEL.DEVICE", "cpu"]
+    cfgs = [load_config(f"{DEMO}/{name}.yaml", opts)
+            for name in ("shapes_R_18_FPN", "shapes_R_18_FPN_aw")]
+    base, aw = (build_model(cfg).eval() for cfg in cfgs)
+    batch = synthetic_batch(cfgs[0], 1, train=False)
+    with torch.no_grad():
+        assert not torch.equal(base(batch)[0]["instances"].pred_boxes.tensor,
+                               aw(batch)[0]["instances"].pred_boxes.tensor)
+        assert share_weights(base, aw) == len(base.state_dict())
+        expected, got = base(batch)[0]["instances"], aw(batch)[0]["instances"]
+    assert len(expected) > 0
+    torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+    torch.testing.assert_close(got.scores, expected.scores)
 
 
 def test_benchmark_needs_a_config():

@@ -16,6 +16,7 @@ import torch
 from tabulate import tabulate
 
 import aw_detection  # noqa: F401  (registers backbones)
+from aw_detection.allocator import reuse_freed_memory
 from aw_detection.benchmark import CLOCKS, aa_memory_benchmark, layer_benchmark, model_benchmark
 from aw_detection.config import load_config
 from aw_detection.layers.aw_conv import BATCHED_PATH, PATHS
@@ -43,6 +44,7 @@ def main():
     p.add_argument("--output", help="write the rows as JSON")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every config")
     args = p.parse_args()
+    reuse_freed_memory()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.clock == "cpu" and device != "cpu":
         p.error("--clock cpu measures CPU work; use --clock wall on a GPU")
@@ -52,7 +54,8 @@ def main():
             p.error("--batched-path is for --task inference/train (the layer task has --paths)")
         if not args.no_memory:  # the peak-memory children would run the default policy
             p.error("--batched-path times this process only: add --no-memory")
-        BATCHED_PATH[torch.device(device).type] = args.batched_path
+        BATCHED_PATH[torch.device(device).type] = dict.fromkeys(("train", "inference"),
+                                                                 args.batched_path)
         header += f", AWConv2d batches as {args.batched_path} (where not 'patches')"
 
     if args.task == "layer":

@@ -16,6 +16,7 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 import aw_detection  # noqa: F401  (registers backbones and datasets)
+from aw_detection.allocator import reuse_freed_memory
 from aw_detection.data import prepare_datasets
 from aw_detection.cli import add_dataset_arguments, add_model_arguments, model_config, user_errors
 from aw_detection.inference import Predictor, detections_to_json, list_images
@@ -30,6 +31,7 @@ def main():
     add_dataset_arguments(p)  # --dataset: class names for configs that do not name them
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. MODEL.WEIGHTS")
     args = p.parse_args()
+    reuse_freed_memory()
 
     with user_errors(args.debug):
         cfg = model_config(args)

@@ -13,6 +13,7 @@ import os
 from tabulate import tabulate
 
 import aw_detection  # noqa: F401
+from aw_detection.allocator import reuse_freed_memory
 from aw_detection.attention_stats import (
     attention_statistics,
     collect_attention,
@@ -34,6 +35,7 @@ def main():
     p.add_argument("--debug", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. MODEL.WEIGHTS")
     args = p.parse_args()
+    reuse_freed_memory()
 
     with user_errors(args.debug):
         cfg = model_config(args)

@@ -42,13 +42,17 @@ __all__ = ["AWConv2d", "AttentionGenerator", "PATHS", "aw_conv2d_reference", "pa
 
 PATHS = ("plain", "per_sample", "grouped", "patches", "any_batch")
 
-# The eager formulation for N > 1 per device type; edit here to change the policy.
-# CPU (oneDNN): per-sample convolutions. At 2 threads the grouped convolution was measured
-# 1.28-1.34x slower than the same FLOPs as one batched convolution and per-sample ones
-# 0.93-1.07x; at 1 thread both are within noise of each other (README "AWConv2d
-# formulations"). Per-sample convolutions also read a channels_last input without a copy.
+# The eager formulation for N > 1, per device type, when training (autograd records the call)
+# and in inference; edit here to change the policy. CPU (oneDNN, 2 threads, two machines of one
+# kind; README "AWConv2d formulations"): under autograd per-sample convolutions, whose
+# forward+backward was the faster at res3 on both (1.07x vs 1.11x and 1.11x vs 1.25x of
+# nn.Conv2d), and which read a channels_last input without a copy. In inference the grouped
+# convolution: one call, 1.05-1.08x at res4 N = 2 on the second machine where per-sample ones
+# took 1.07x in some processes and 1.15x in others (the first machine measured per-sample
+# forward faster at res3, 0.87x vs 0.97x; both are within the 1.10x goal there).
 # CUDA: the grouped convolution, one cuDNN call (to be measured on a GPU).
-BATCHED_PATH = {"cpu": "per_sample", "cuda": "grouped"}
+BATCHED_PATH = {"cpu": {"train": "per_sample", "inference": "grouped"},
+                "cuda": {"train": "grouped", "inference": "grouped"}}
 
 # The formulation inside torch.jit.trace and for a symbolic batch (torch.export with a dynamic
 # batch dimension): the only one that stays correct for every N. ``traced_path`` changes it
@@ -56,20 +60,20 @@ BATCHED_PATH = {"cpu": "per_sample", "cuda": "grouped"}
 _TRACE_PATH = ["any_batch"]
 
 
-# On CPU, "patches" replaces "per_sample" where its modulated patches are at most this fraction
+# On CPU, "patches" replaces the batched path where its modulated patches are at most this fraction
 # of the modulated kernels' size (measured, README "AWConv2d formulations": 1/8 is 3.8x faster
 # than per-sample kernels forward+backward, 1 is 1.6x slower).
 PATCHES_BELOW = 0.25
 
 
-def select_path(batch, device_type, patches_size=None):
+def select_path(batch, device_type, patches_size=None, train=False):
     """The exact formulation AWConv2d runs in eager mode for ``batch`` samples on
-    ``device_type`` ("cpu", "cuda", ...). ``patches_size``: the "patches" form's tensors
-    relative to the per-sample kernels (``patches_size`` of the layer and input). Traces and
-    symbolic batches use "any_batch"."""
+    ``device_type`` ("cpu", "cuda", ...); ``train``: autograd records the call.
+    ``patches_size``: the "patches" form's tensors relative to the per-sample kernels
+    (``patches_size`` of the layer and input). Traces and symbolic batches use "any_batch"."""
     if batch == 1:
         return "plain"
-    path = BATCHED_PATH.get(device_type, "grouped")
+    path = BATCHED_PATH.get(device_type, {}).get("train" if train else "inference", "grouped")
     if device_type == "cpu" and patches_size is not None and patches_size <= PATCHES_BELOW:
         return "patches"
     return path
@@ -486,7 +490,9 @@ class AWConv2d(nn.Module):
         if self.path is None:
             if symbolic:
                 return _TRACE_PATH[0]
-            return select_path(n, x.device.type, patches_size(self, x))
+            train = torch.is_grad_enabled() and any(
+                t.requires_grad for t in (x, self.weight, self.generator.expand.weight))
+            return select_path(n, x.device.type, patches_size(self, x), train)
         if symbolic and self.path != "any_batch":
             raise RuntimeError(
                 f"AWConv2d.path={self.path!r} would freeze the batch size into this trace or "
