@@ -271,7 +271,7 @@ def synthetic_batch(cfg, batch_size, train, seed=0):
     return batch
 
 
-def _model_step(model, batch, train):
+def _model_step(model, batch, train, optimizer=None):
     from detectron2.utils.events import EventStorage
 
     if train:
@@ -279,6 +279,8 @@ def _model_step(model, batch, train):
             with EventStorage():  # Detectron2's losses log into it
                 losses = model(batch)
             sum(losses.values()).backward()
+            if optimizer is not None:
+                optimizer.step()
             model.zero_grad(set_to_none=True)
     else:
         def run():
@@ -310,22 +312,33 @@ def share_weights(source, target):
     return len(shared)
 
 
-def _make_model_step(cfg, batch_size, train, expand_dtype=None):
+def _optimizer(cfg, model):
+    from .engine import Trainer
+
+    return Trainer.build_optimizer(cfg, model)
+
+
+def _make_model_step(cfg, batch_size, train, expand_dtype=None, optimizer=False):
     model = _build(cfg, expand_dtype)
     model.train(train)
-    return _model_step(model, synthetic_batch(cfg, batch_size, train), train)
+    return _model_step(model, synthetic_batch(cfg, batch_size, train), train,
+                       _optimizer(cfg, model) if optimizer else None)
 
 
 def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory=True,
-                    expand_dtype=None, clock="wall"):
+                    expand_dtype=None, clock="wall", optimizer=False):
     """One row per (name, cfg): params, GFLOPs, median s/iter (interleaved), ratio, peak MiB
     (None with ``peak_memory_error`` when that measurement failed). ``expand_dtype``
-    (inference only) stores AW generators' ``expand`` weights in that dtype."""
+    (inference only) stores AW generators' ``expand`` weights in that dtype. ``optimizer``
+    (training only): the step ends with the config's optimizer update, as Detectron2's
+    trainer's does."""
     from .analysis import model_statistics
 
     train = task == "train"
     if train and expand_dtype is not None:
         raise ValueError("expand_dtype is an inference option (training keeps float32)")
+    if optimizer and not train:
+        raise ValueError("optimizer: only a training step updates the weights")
     rows, steps = [], {}
     device = named_cfgs[0][1].MODEL.DEVICE
     first = None
@@ -337,15 +350,16 @@ def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory
             share_weights(first, model)
         stats = model_statistics(cfg, model=model)
         model.train(train)
-        steps[name] = _model_step(model, synthetic_batch(cfg, batch_size, train), train)
+        steps[name] = _model_step(model, synthetic_batch(cfg, batch_size, train), train,
+                                  _optimizer(cfg, model) if optimizer else None)
         rows.append({"config": name, "params": stats["params"], "gflops": stats["gflops"],
                      "input": stats["input"]})
     seconds = time_interleaved(steps, iters, device=device, clock=clock)
     first = seconds[rows[0]["config"]]
     for row, (name, cfg) in zip(rows, named_cfgs):
-        row.update(task=task, batch_size=batch_size, device=device,
+        row.update(task=task, batch_size=batch_size, device=device, optimizer=optimizer,
                    seconds_per_iter=seconds[name], ratio_to_first=seconds[name] / first)
         peak, error = (_peak_or_error(_make_model_step, cfg, batch_size, train, expand_dtype,
-                                      device=device) if memory else (None, None))
+                                      optimizer, device=device) if memory else (None, None))
         row.update(peak_memory_mb=peak, peak_memory_error=error)
     return rows

@@ -12,6 +12,7 @@ from aw_detection.benchmark import (
     _layer_step,
     aa_memory_benchmark,
     layer_benchmark,
+    model_benchmark,
     peak_memory_mb,
     share_weights,
     synthetic_batch,
@@ -68,6 +69,27 @@ def test_shared_weights_give_every_candidate_the_baselines_proposals():
     assert len(expected) > 0
     torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor)
     torch.testing.assert_close(got.scores, expected.scores)
+
+
+def test_train_step_with_the_optimizer_updates_the_weights():
+    from detectron2.modeling import build_model
+
+    from aw_detection.benchmark import _model_step, _optimizer
+
+    cfg = load_config(f"{DEMO}/shapes_R_18_FPN_aw.yaml",
+                      ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
+                       "MODEL.DEVICE", "cpu"])
+    batch = synthetic_batch(cfg, 2, train=True)
+    moved = {}
+    for optimizer in (False, True):
+        model = build_model(cfg).train()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        _model_step(model, batch, True, _optimizer(cfg, model) if optimizer else None)()
+        moved[optimizer] = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert moved[False] == []
+    assert any(k.endswith(".generator.expand.weight") for k in moved[True])
+    with pytest.raises(ValueError, match="only a training step updates the weights"):
+        model_benchmark([("a", cfg)], "inference", optimizer=True)
 
 
 def test_benchmark_needs_a_config():

@@ -38,6 +38,9 @@ def main():
                         "device instead of the policy's (aw_conv.BATCHED_PATH); with --no-memory")
     p.add_argument("--expand-bf16", action="store_true",
                    help="layer and inference tasks: AW generators' expand weights in bfloat16")
+    p.add_argument("--optimizer", action="store_true",
+                   help="train task: end each step with the config's optimizer update, as "
+                        "Detectron2's trainer does (default: forward, backward, zero_grad)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall: elapsed time; cpu: CPU time of this process (a shared machine; "
                         "best with OMP_NUM_THREADS=1)")
@@ -77,6 +80,8 @@ def main():
             p.error(f"--task {args.task} needs at least one --config-file")
         if args.expand_bf16 and args.task == "train":
             p.error("--expand-bf16 is an inference option (training keeps float32)")
+        if args.optimizer and args.task != "train":
+            p.error("--optimizer is for --task train")
         named = []
         for path in args.config_file:
             cfg = load_config(path, args.opts)
@@ -92,9 +97,11 @@ def main():
                     json.dump(rows, f, indent=2)
             return
         rows = model_benchmark(named, args.task, args.iters, args.batch_size, not args.no_memory,
-                               torch.bfloat16 if args.expand_bf16 else None, args.clock)
+                               torch.bfloat16 if args.expand_bf16 else None, args.clock,
+                               args.optimizer)
         h, w = rows[0]["input"]
-        print(f"{args.task}, batch {args.batch_size}, GFLOPs at {h}x{w}, {header}")
+        step = " (with the optimizer update)" if args.optimizer else ""
+        print(f"{args.task}{step}, batch {args.batch_size}, GFLOPs at {h}x{w}, {header}")
         table = [[r["config"], f'{r["params"] / 1e6:.2f}', f'{r["gflops"]:.2f}',
                   f'{r["seconds_per_iter"]:.3f}', f'{r["ratio_to_first"]:.2f}x',
                   _mib(r["peak_memory_mb"])] for r in rows]
