@@ -313,8 +313,14 @@ def share_weights(source, target):
 
 
 def _optimizer(cfg, model):
+    """The config's optimizer (Detectron2's, with its parameter groups) at learning rate 0: the
+    update costs what it costs in training, and the weights stay, so a model with random weights
+    on random images cannot diverge and the candidates keep the same proposals."""
     from .engine import Trainer
 
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.BASE_LR = 0.0
     return Trainer.build_optimizer(cfg, model)
 
 
