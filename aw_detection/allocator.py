@@ -1,4 +1,4 @@
-"""glibc's malloc told to keep freed memory for reuse, for the CPU processes the tools start.
+"""glibc's malloc told to keep freed memory for reuse, in the processes the tools start.
 
 glibc serves a block over its mmap threshold (128 KiB, raised as blocks are freed, at most
 32 MiB) with a fresh mapping and unmaps it on free, and hands the top of its heap back to the
@@ -9,9 +9,12 @@ reused one 0.3 ms. AW-full's generators make such tensors (the ``expand`` gradie
 PyTorch's CPU performance guide recommends a caching allocator for the same reason; this is
 the glibc-only way to get one, with no extra library.
 
-The tools call ``reuse_freed_memory`` at start. It changes nothing where the process does not
-use glibc, where the user chose the allocator (``MALLOC_*_`` or ``GLIBC_TUNABLES`` malloc
-settings, an ``LD_PRELOAD`` allocator), or with ``AW_DETECTION_MALLOC=system``.
+The tools call ``reuse_freed_memory`` at start (on GPU runs it concerns the host tensors:
+data, CPU-side results). It changes nothing where the process does not use glibc, where the
+user set glibc's malloc (any ``MALLOC_*`` variable, ``glibc.malloc`` tunables) or preloads
+another allocator (jemalloc, tcmalloc, mimalloc), or with ``AW_DETECTION_MALLOC=system``.
+Each process (DataLoader workers inherit the setting) then keeps the memory it freed, up to
+its own peak, instead of returning it to the system between steps.
 """
 import ctypes
 import ctypes.util
@@ -25,15 +28,14 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 # Blocks up to this size come from the heap, and this much free memory may stay at its top.
 KEEP_BYTES = 1 << 30
-
-_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
-                  "MALLOC_MMAP_MAX_")
+# The largest mmap threshold some glibc versions accept (HEAP_MAX_SIZE / 2 on 64-bit).
+OLD_GLIBC_MMAP_MAX = 32 << 20
 
 
 def _user_chose_allocator(env):
     if env.get("AW_DETECTION_MALLOC") == "system":
         return True
-    if any(name in env for name in _USER_SETTINGS):
+    if any(name.startswith("MALLOC_") for name in env):
         return True
     if "glibc.malloc" in env.get("GLIBC_TUNABLES", ""):
         return True
@@ -56,8 +58,10 @@ def reuse_freed_memory(env=None):
         libc.gnu_get_libc_version  # noqa: B018  (glibc only: musl and others differ)
     except (OSError, AttributeError):
         return False
-    done = (libc.mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) == 1
-            and libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) == 1)
-    if not done:
-        logging.getLogger(__name__).warning("glibc refused mallopt; its defaults stay")
-    return done
+    mmap = (libc.mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) == 1
+            or libc.mallopt(M_MMAP_THRESHOLD, OLD_GLIBC_MMAP_MAX) == 1)
+    trim = libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) == 1
+    if not (mmap and trim):
+        logging.getLogger(__name__).warning(
+            f"glibc refused mallopt (mmap threshold: {mmap}, trim threshold: {trim})")
+    return mmap and trim

@@ -337,7 +337,9 @@ def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory
     (None with ``peak_memory_error`` when that measurement failed). ``expand_dtype``
     (inference only) stores AW generators' ``expand`` weights in that dtype. ``optimizer``
     (training only): the step ends with the config's optimizer update, as Detectron2's
-    trainer's does."""
+    trainer's does. The timed candidates share the first one's weights (``share_weights``);
+    the peak-memory child builds its model alone, with its own random weights, and its peak
+    includes the optimizer's state."""
     from .analysis import model_statistics
 
     train = task == "train"
@@ -347,13 +349,13 @@ def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory
         raise ValueError("optimizer: only a training step updates the weights")
     rows, steps = [], {}
     device = named_cfgs[0][1].MODEL.DEVICE
-    first = None
+    reference = None
     for name, cfg in named_cfgs:
         model = _build(cfg, expand_dtype)
-        if first is None:
-            first = model
+        if reference is None:
+            reference = model
         else:
-            share_weights(first, model)
+            share_weights(reference, model)
         stats = model_statistics(cfg, model=model)
         model.train(train)
         steps[name] = _model_step(model, synthetic_batch(cfg, batch_size, train), train,

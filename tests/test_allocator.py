@@ -14,7 +14,7 @@ from .conftest import ROOT
 @pytest.mark.parametrize("env", [
     {"AW_DETECTION_MALLOC": "system"},
     {"MALLOC_MMAP_THRESHOLD_": "65536"},
-    {"MALLOC_TRIM_THRESHOLD_": "0"},
+    {"MALLOC_ARENA_MAX": "2"},
     {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"},
     {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"},
 ])

@@ -95,7 +95,7 @@ def test_select_path_policy():
     layer.requires_grad_(False)
     assert layer.conv_path(torch.randn(3, 4, 5, 5)) == "grouped"
     assert layer.conv_path(torch.randn(3, 4, 5, 5, requires_grad=True)) == "per_sample"
-    layer.generator.expand.requires_grad_(True)
+    layer.generator.reduce.requires_grad_(True)
     assert layer.conv_path(torch.randn(3, 4, 5, 5)) == "per_sample"
     layer.requires_grad_(True)
     layer.path = "grouped"
@@ -353,8 +353,8 @@ def test_trace_is_correct_at_every_batch(groups, bias, traced_batch):
         torch.testing.assert_close(traced(x), aw_conv2d_reference(layer, x), atol=1e-5, rtol=0)
 
 
-class _ProductColumns(TorchDispatchMode):
-    """Records the number of columns of every aten.addmm's result."""
+class _Products(TorchDispatchMode):
+    """Records (rows, columns) of every aten.addmm's result."""
 
     def __init__(self):
         super().__init__()
@@ -362,18 +362,19 @@ class _ProductColumns(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if str(func) == "aten.addmm.out" or str(func) == "aten.addmm.default":
-            self.seen.append(args[2].shape[1])
+            self.seen.append((args[1].shape[0], args[2].shape[1]))
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("batch,columns", [(1, 16), (2, 18)])
-def test_inference_pads_the_expand_product_to_16_columns(batch, columns):
-    # MKL's product with 9 columns (one sample, 3x3) took 2-4x as long as with 16.
-    layer = _randomised(AWConv2d(16, 32, 3, padding=1)).eval()
+@pytest.mark.parametrize("batch,kernel,columns", [(1, 3, 16), (2, 3, 18), (1, 1, 1)])
+def test_cpu_inference_pads_the_expand_product_from_9_to_16_columns(batch, kernel, columns):
+    # MKL's product with 9 columns (one sample, 3x3) took 2-4x as long as with 16; 18 columns
+    # (two samples) and 1 (1x1 kernel) stay as they are.
+    layer = _randomised(AWConv2d(16, 32, kernel, padding=kernel // 2)).eval()
     x = torch.randn(batch, 16, 8, 8)
-    with torch.no_grad(), _ProductColumns() as products:
+    with torch.no_grad(), _Products() as products:
         out = layer(x)
-    assert products.seen[-1] == columns
+    assert (layer.generator.expand.weight.shape[0], columns) in products.seen
     torch.testing.assert_close(out, aw_conv2d_reference(layer, x), atol=1e-5, rtol=0)
 
 

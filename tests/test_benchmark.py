@@ -51,7 +51,7 @@ def test_benchmark_models(tmp_path):
     assert proc.returncode == 2 and "--batched-path times this process only: add --no-memory" in proc.stderr
 
 
-def test_shared_weights_give_every_candidate_the_baselines_proposals():
+def test_share_weights_gives_the_aw_model_the_baselines_proposals():
     """A fresh AW network with the baseline's weights is the baseline's function: both see
     the same proposals, so the data-dependent parts (RoIAlign, NMS) cost the same."""
     from detectron2.modeling import build_model

@@ -50,13 +50,14 @@ PATHS = ("plain", "per_sample", "grouped", "patches", "any_batch")
 # convolution: one call, 1.05-1.08x at res4 N = 2 on the second machine where per-sample ones
 # took 1.07x in some processes and 1.15x in others (the first machine measured per-sample
 # forward faster at res3, 0.87x vs 0.97x; both are within the 1.10x goal there).
-# CUDA: the grouped convolution, one cuDNN call (to be measured on a GPU).
+# CUDA: the grouped convolution, one cuDNN call (the fastest or within a few % on an H100).
 BATCHED_PATH = {"cpu": {"train": "per_sample", "inference": "grouped"},
                 "cuda": {"train": "grouped", "inference": "grouped"}}
 
-# Inference pads the generator's ``expand`` product to at least this many columns (N * taps):
-# MKL's single-precision product with 9 columns (one sample, 3x3) took 2-4x as long as with 16
-# on the development CPU (res4: 0.83 vs 0.36 ms; README "AWConv2d formulations").
+# CPU inference pads the float32 ``expand`` product from 8-15 columns (N * taps) to this many:
+# MKL's product with 9 columns (one sample, 3x3) took 2-4x as long as with 16 on the
+# development CPU (res4: 0.83 vs 0.36 ms; README "AWConv2d formulations"). Fewer columns
+# (1x1 kernels) are not padded: that would more than double the product.
 MIN_PRODUCT_COLUMNS = 16
 
 # The formulation inside torch.jit.trace and for a symbolic batch (torch.export with a dynamic
@@ -424,6 +425,12 @@ class AWConv2d(nn.Module):
         else:
             yield None
 
+    def _records_grad(self, x):
+        """Whether autograd records this call (training): through the input, the kernel or
+        the generator."""
+        return torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in (self.weight, *self.generator.parameters())))
+
     def _pooled(self, x, dtype):
         if torch.onnx.is_in_onnx_export():
             pooled = _adaptive_avg_pool2d_onnx(x, self.kernel_size)
@@ -468,16 +475,16 @@ class AWConv2d(nn.Module):
             if torch.jit.is_tracing() or torch.compiler.is_compiling():
                 # Plain differentiable ops: no out= and no Python autograd.Function in a graph.
                 return _modulate(weight, self.generator.rows(hidden), n)
-            if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
-                                            or expand.weight.requires_grad):
+            if self._records_grad(x):
                 self._refuse_training_converted_expand()
                 return _Modulate.apply(weight, hidden, expand.weight, expand.bias, n)
             with torch.no_grad():
                 # Only forward() may use scratch: its kernels are consumed at once.
                 cols = hidden.shape[0]
-                if cols < MIN_PRODUCT_COLUMNS:  # zero rows, whose columns are not read
-                    hidden = torch.cat([hidden, hidden.new_zeros(MIN_PRODUCT_COLUMNS - cols,
-                                                                 hidden.shape[1])])
+                if (x.device.type == "cpu" and expand.weight.dtype == torch.float32
+                        and MIN_PRODUCT_COLUMNS // 2 <= cols < MIN_PRODUCT_COLUMNS):
+                    # Zero rows of hidden: their columns of the product are not read.
+                    hidden = F.pad(hidden, (0, 0, 0, MIN_PRODUCT_COLUMNS - cols))
                 rows_shape = (expand.weight.shape[0], hidden.shape[0])
                 rows = self.generator.rows(
                     hidden, out=_scratch_tensor("rows", rows_shape, expand.weight, scratch))
@@ -493,9 +500,7 @@ class AWConv2d(nn.Module):
         if self.path is None:
             if symbolic:
                 return _TRACE_PATH[0]
-            train = torch.is_grad_enabled() and any(
-                t.requires_grad for t in (x, self.weight, self.generator.expand.weight))
-            return select_path(n, x.device.type, patches_size(self, x), train)
+            return select_path(n, x.device.type, patches_size(self, x), self._records_grad(x))
         if symbolic and self.path != "any_batch":
             raise RuntimeError(
                 f"AWConv2d.path={self.path!r} would freeze the batch size into this trace or "
