@@ -366,11 +366,14 @@ class _Products(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("batch,kernel,columns", [(1, 3, 16), (2, 3, 18), (1, 1, 1)])
-def test_cpu_inference_pads_the_expand_product_from_9_to_16_columns(batch, kernel, columns):
-    # MKL's product with 9 columns (one sample, 3x3) took 2-4x as long as with 16; 18 columns
-    # (two samples) and 1 (1x1 kernel) stay as they are.
-    layer = _randomised(AWConv2d(16, 32, kernel, padding=kernel // 2)).eval()
+@pytest.mark.parametrize("batch,kernel,groups,columns",
+                         [(1, 3, 0, 16), (2, 3, 0, 18), (1, 1, 0, 1), (1, 3, 4, 9)])
+def test_cpu_inference_pads_the_expand_product_from_9_to_16_columns(batch, kernel, groups,
+                                                                     columns):
+    # MKL's product with 9 columns (one sample, 3x3) took 2-4x as long as with 16 for AW-full;
+    # 18 columns (two samples), 1 (1x1 kernel) and AW-lite's small products stay as they are.
+    layer = _randomised(AWConv2d(16, 32, kernel, padding=kernel // 2,
+                                 attention_groups=groups)).eval()
     x = torch.randn(batch, 16, 8, 8)
     with torch.no_grad(), _Products() as products:
         out = layer(x)

@@ -54,10 +54,12 @@ PATHS = ("plain", "per_sample", "grouped", "patches", "any_batch")
 BATCHED_PATH = {"cpu": {"train": "per_sample", "inference": "grouped"},
                 "cuda": {"train": "grouped", "inference": "grouped"}}
 
-# CPU inference pads the float32 ``expand`` product from 8-15 columns (N * taps) to this many:
-# MKL's product with 9 columns (one sample, 3x3) took 2-4x as long as with 16 on the
-# development CPU (res4: 0.83 vs 0.36 ms; README "AWConv2d formulations"). Fewer columns
-# (1x1 kernels) are not padded: that would more than double the product.
+# CPU inference pads the float32 ``expand`` product from 8-15 columns (N * taps) to this many
+# where its weight is at least half the kernel's size (AW-full): MKL's product with 9 columns
+# (one sample, 3x3) took 2-4x as long as with 16 on the development CPU (res4: 0.83 vs
+# 0.36 ms). The padded A is read strided by the modulation, which costs more than it saves
+# for AW-lite's small products (res5 G = 8: 1.06 vs 0.66 ms); fewer than 8 columns (1x1
+# kernels) would more than double the product. README "AWConv2d formulations".
 MIN_PRODUCT_COLUMNS = 16
 
 # The formulation inside torch.jit.trace and for a symbolic batch (torch.export with a dynamic
@@ -482,7 +484,8 @@ class AWConv2d(nn.Module):
                 # Only forward() may use scratch: its kernels are consumed at once.
                 cols = hidden.shape[0]
                 if (x.device.type == "cpu" and expand.weight.dtype == torch.float32
-                        and MIN_PRODUCT_COLUMNS // 2 <= cols < MIN_PRODUCT_COLUMNS):
+                        and MIN_PRODUCT_COLUMNS // 2 <= cols < MIN_PRODUCT_COLUMNS
+                        and 2 * expand.weight.numel() >= weight.numel()):
                     # Zero rows of hidden: their columns of the product are not read.
                     hidden = F.pad(hidden, (0, 0, 0, MIN_PRODUCT_COLUMNS - cols))
                 rows_shape = (expand.weight.shape[0], hidden.shape[0])
