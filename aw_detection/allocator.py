@@ -5,7 +5,8 @@ glibc serves a block over its mmap threshold (128 KiB, raised as blocks are free
 kernel above its trim threshold. A tensor of that size is then page-faulted in again on every
 step: on the 2-core development machine, filling a fresh 33.5 MiB tensor took 9.6 ms and a
 reused one 0.3 ms. AW-full's generators make such tensors (the ``expand`` gradient at res5 is
-33.5 MiB), so AW paid this on every step where the baseline mostly does not (README "Cost").
+33.5 MiB), so AW paid this on every step where the baseline mostly does not (README "Cost
+goals").
 PyTorch's CPU performance guide recommends a caching allocator for the same reason; this is
 the glibc-only way to get one, with no extra library.
 
@@ -58,10 +59,10 @@ def reuse_freed_memory(env=None):
         libc.gnu_get_libc_version  # noqa: B018  (glibc only: musl and others differ)
     except (OSError, AttributeError):
         return False
-    mmap = (libc.mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) == 1
-            or libc.mallopt(M_MMAP_THRESHOLD, OLD_GLIBC_MMAP_MAX) == 1)
-    trim = libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) == 1
-    if not (mmap and trim):
+    mmap_set = (libc.mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) == 1
+                or libc.mallopt(M_MMAP_THRESHOLD, OLD_GLIBC_MMAP_MAX) == 1)
+    trim_set = libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) == 1
+    if not (mmap_set and trim_set):
         logging.getLogger(__name__).warning(
-            f"glibc refused mallopt (mmap threshold: {mmap}, trim threshold: {trim})")
-    return mmap and trim
+            f"glibc refused mallopt (mmap threshold set: {mmap_set}, trim threshold set: {trim_set})")
+    return mmap_set and trim_set

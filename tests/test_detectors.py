@@ -459,9 +459,16 @@ def test_tracing(detector, mode):
     assert len(got) == len(expected) == len(inputs)
     for ours, ref in zip(got, expected):
         assert len(ref) > 0  # something to compare
-        assert_instances_allclose(ref, ours, size_as_tensor=True)
         if detector == "mask_rcnn":
             assert ours.pred_masks.shape[-2:] == ((28, 28) if mode != "postprocessed" else ref.image_size)
+        if detector == "mask_rcnn" and mode == "postprocessed":
+            # Pasted masks are thresholded: eager pads AW-full's generator product and the
+            # trace does not (README "Generator layout"), so a pixel whose mask probability
+            # is within rounding of 0.5 may flip.
+            flipped = (ours.pred_masks != ref.pred_masks).float().mean().item()
+            assert flipped < 1e-4, flipped
+            ours.remove("pred_masks"), ref.remove("pred_masks")
+        assert_instances_allclose(ref, ours, size_as_tensor=True)
 
 
 # ---- the tools on a tiny RetinaNet and a tiny Mask R-CNN ---------------------------------

@@ -68,9 +68,9 @@ MIN_PRODUCT_COLUMNS = 16
 _TRACE_PATH = ["any_batch"]
 
 
-# On CPU, "patches" replaces the batched path where its modulated patches are at most this fraction
-# of the modulated kernels' size (measured, README "AWConv2d formulations": 1/8 is 3.8x faster
-# than per-sample kernels forward+backward, 1 is 1.6x slower).
+# On CPU, "patches" replaces the batched path where its modulated patches are at most this
+# fraction of the modulated kernels' size (measured, README "AWConv2d formulations": 1/8 is 3.8x
+# faster than per-sample kernels forward+backward, 1 is 1.6x slower).
 PATCHES_BELOW = 0.25
 
 
@@ -430,8 +430,8 @@ class AWConv2d(nn.Module):
     def _records_grad(self, x):
         """Whether autograd records this call (training): through the input, the kernel or
         the generator."""
-        return torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in (self.weight, *self.generator.parameters())))
+        params = (self.weight, *self.generator.parameters())
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
 
     def _pooled(self, x, dtype):
         if torch.onnx.is_in_onnx_export():
