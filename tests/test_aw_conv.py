@@ -361,7 +361,7 @@ class _Products(TorchDispatchMode):
         self.seen = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func) == "aten.addmm.out" or str(func) == "aten.addmm.default":
+        if str(func) in ("aten.addmm.out", "aten.addmm.default"):
             self.seen.append((args[1].shape[0], args[2].shape[1]))
         return func(*args, **(kwargs or {}))
 
