@@ -6,6 +6,7 @@ fresh process builds the candidate, resets the kernel's peak-RSS mark (Linux
 mmap blocks over 64 KiB so that freed tensors leave the RSS; elsewhere the result is None.
 A child that fails, dies or hangs is reported as a ``PeakMemoryError`` with the reason.
 """
+import functools
 import gc
 import multiprocessing
 import os
@@ -57,12 +58,20 @@ def time_interleaved(candidates, iters=10, warmup=2, device="cpu", clock="wall")
             candidates[name]()
     _sync(device)
     times = {name: [] for name in names}
+    events = torch.device(device).type == "cuda"  # GPU time of the stream, CUDA events
     for i in range(iters):
         for name in names[i % len(names):] + names[:i % len(names)]:
-            start = now()
-            candidates[name]()
-            _sync(device)
-            times[name].append(now() - start)
+            if events:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                candidates[name]()
+                end.record()
+                end.synchronize()
+                times[name].append(start.elapsed_time(end) / 1000)
+            else:
+                start = now()
+                candidates[name]()
+                times[name].append(now() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -149,16 +158,15 @@ def peak_memory_mb(make_fn, *args, device="cpu", timeout=600):
 
 
 def layer_benchmark(batch_sizes=(1, 2, 4), iters=10, device="cpu", attention_groups=(0, 8),
-                    shapes=RESNET50_3X3_SHAPES, paths=(None,), expand_bf16=False, clock="wall"):
+                    shapes=RESNET50_3X3_SHAPES, paths=(None,), clock="wall",
+                    modes=("forward", "forward+backward")):
     """AWConv2d against nn.Conv2d at ``shapes`` (stage, C, H, W); one row per setting.
 
     "forward" runs under no_grad. "forward+backward" is the step a network runs: the input
     requires grad (its gradient is computed, as for every layer but the first) and the
     parameter gradients start from None, as after ``zero_grad()``. ``paths`` adds rows with
-    a forced formulation (None: the default policy); ``expand_bf16`` adds forward rows with
-    the generator's ``expand`` weight stored in bfloat16."""
+    a forced formulation (None: the default policy; "triton": the fused kernel)."""
     from .layers import AWConv2d
-    from .layers.aw_conv import set_expand_dtype
 
     rows = []
     for stage, c, h, w in shapes:
@@ -167,18 +175,12 @@ def layer_benchmark(batch_sizes=(1, 2, 4), iters=10, device="cpu", attention_gro
             for path in paths:
                 name = f"aw(G={g or c})" + (f" {path}" if path else "")
                 layers[name] = AWConv2d(c, c, 3, padding=1, attention_groups=g, path=path)
-        if expand_bf16:
-            for g in attention_groups:
-                layers[f"aw(G={g or c}) bf16 expand"] = AWConv2d(c, c, 3, padding=1,
-                                                                 attention_groups=g)
-                set_expand_dtype(layers[f"aw(G={g or c}) bf16 expand"], torch.bfloat16)
         layers = {k: v.to(device) for k, v in layers.items()}
         for n in batch_sizes:
             x = torch.randn(n, c, h, w, device=device)
-            for mode in ("forward", "forward+backward"):
+            for mode in modes:
                 steps = {k: _layer_step(v, x, mode == "forward") for k, v in layers.items()
-                         if not (k.endswith(" plain") and n > 1)
-                         and not (k.endswith("bf16 expand") and mode != "forward")}
+                         if not (k.endswith(" plain") and n > 1)}
                 seconds = time_interleaved(steps, iters, device=device, clock=clock)
                 for name, s in seconds.items():
                     rows.append({"stage": stage, "batch": n, "mode": mode, "layer": name,
@@ -241,10 +243,10 @@ def _peak_or_error(make_fn, *args, device):
         return None, str(e)
 
 
-def synthetic_batch(cfg, batch_size, train, seed=0):
+def synthetic_batch(cfg, batch_size, train, seed=0, size=None):
     """Images (and, for training, 8 boxes per image, with box-filling masks for mask models)
-    at the config's input size: the same batch for every model compared, without needing the
-    dataset on disk."""
+    at the config's input size (a 4:3 image; ``size``: (h, w) instead): the same batch for
+    every model compared, without needing the dataset on disk."""
     from detectron2.structures import BitMasks, Boxes, Instances
 
     gen = torch.Generator().manual_seed(seed)
@@ -252,6 +254,8 @@ def synthetic_batch(cfg, batch_size, train, seed=0):
     num_classes = (cfg.MODEL.RETINANET if retinanet else cfg.MODEL.ROI_HEADS).NUM_CLASSES
     h = max(cfg.INPUT.MIN_SIZE_TRAIN) if train else cfg.INPUT.MIN_SIZE_TEST
     w = min(round(h * 4 / 3), cfg.INPUT.MAX_SIZE_TRAIN if train else cfg.INPUT.MAX_SIZE_TEST)
+    if size is not None:
+        h, w = size
     batch = []
     for _ in range(batch_size):
         item = {"image": torch.randint(0, 256, (3, h, w), generator=gen).float(),
@@ -271,12 +275,17 @@ def synthetic_batch(cfg, batch_size, train, seed=0):
     return batch
 
 
-def _model_step(model, batch, train, optimizer=None):
+def _model_step(model, batch, train, optimizer=None, amp=False):
+    """One step; ``amp``: the forward under autocast (float16 on GPU, bfloat16 on CPU; the
+    backward follows it)."""
     from detectron2.utils.events import EventStorage
 
+    device = next(model.parameters()).device.type
+    dtype = torch.float16 if device == "cuda" else torch.bfloat16
+    autocast = functools.partial(torch.autocast, device, dtype=dtype, enabled=amp)
     if train:
         def run():
-            with EventStorage():  # Detectron2's losses log into it
+            with EventStorage(), autocast():  # Detectron2's losses log into the storage
                 losses = model(batch)
             sum(losses.values()).backward()
             if optimizer is not None:
@@ -284,20 +293,9 @@ def _model_step(model, batch, train, optimizer=None):
             model.zero_grad(set_to_none=True)
     else:
         def run():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 model(batch)
     return run
-
-
-def _build(cfg, expand_dtype=None):
-    from detectron2.modeling import build_model
-
-    from .layers.aw_conv import set_expand_dtype
-
-    model = build_model(cfg)
-    if expand_dtype is not None:
-        set_expand_dtype(model, expand_dtype)
-    return model
 
 
 def share_weights(source, target):
@@ -324,34 +322,34 @@ def _optimizer(cfg, model):
     return Trainer.build_optimizer(cfg, model)
 
 
-def _make_model_step(cfg, batch_size, train, expand_dtype=None, optimizer=False):
-    model = _build(cfg, expand_dtype)
+def _make_model_step(cfg, batch_size, train, optimizer=False):
+    from detectron2.modeling import build_model
+
+    model = build_model(cfg)
     model.train(train)
     return _model_step(model, synthetic_batch(cfg, batch_size, train), train,
                        _optimizer(cfg, model) if optimizer else None)
 
 
 def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory=True,
-                    expand_dtype=None, clock="wall", optimizer=False):
+                    clock="wall", optimizer=False):
     """One row per (name, cfg): params, GFLOPs, median s/iter (interleaved), ratio, peak MiB
-    (None with ``peak_memory_error`` when that measurement failed). ``expand_dtype``
-    (inference only) stores AW generators' ``expand`` weights in that dtype. ``optimizer``
-    (training only): the step ends with the config's optimizer update, as Detectron2's
-    trainer's does. The timed candidates share the first one's weights (``share_weights``);
+    (None with ``peak_memory_error`` when that measurement failed). ``optimizer`` (training
+    only): the step ends with the config's optimizer update, as Detectron2's trainer's does. The timed candidates share the first one's weights (``share_weights``);
     the peak-memory child builds its model alone, with its own random weights, and its peak
     includes the optimizer's state."""
     from .analysis import model_statistics
 
+    from detectron2.modeling import build_model
+
     train = task == "train"
-    if train and expand_dtype is not None:
-        raise ValueError("expand_dtype is an inference option (training keeps float32)")
     if optimizer and not train:
         raise ValueError("optimizer: only a training step updates the weights")
     rows, steps = [], {}
     device = named_cfgs[0][1].MODEL.DEVICE
     reference = None
     for name, cfg in named_cfgs:
-        model = _build(cfg, expand_dtype)
+        model = build_model(cfg)
         if reference is None:
             reference = model
         else:
@@ -367,7 +365,7 @@ def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory
     for row, (name, cfg) in zip(rows, named_cfgs):
         row.update(task=task, batch_size=batch_size, device=device, optimizer=optimizer,
                    seconds_per_iter=seconds[name], ratio_to_first=seconds[name] / first)
-        peak, error = (_peak_or_error(_make_model_step, cfg, batch_size, train, expand_dtype,
-                                      optimizer, device=device) if memory else (None, None))
+        peak, error = (_peak_or_error(_make_model_step, cfg, batch_size, train, optimizer,
+                                      device=device) if memory else (None, None))
         row.update(peak_memory_mb=peak, peak_memory_error=error)
     return rows

@@ -32,6 +32,11 @@ def add_aw_config(cfg):
     # Attention rows G. 0: one row per output channel (the literal weight-shaped map,
     # "AW-full"); G > 0: each row shared by C_out // G consecutive output channels ("AW-lite").
     _C.MODEL.AW.ATTENTION_GROUPS = 0
+    # How the per-sample convolution runs: "cudnn" (the torch formulations: cuDNN on GPU,
+    # oneDNN on CPU), "triton" (the fused Triton kernel on CUDA) or "auto" (the fused kernel on
+    # CUDA only for layer shapes a GPU benchmark measured it faster on; layers/aw_conv.py
+    # TRITON_FASTER). CPU, TorchScript and ONNX export always run the torch formulations.
+    _C.MODEL.AW.KERNEL = "auto"
 
     # Activation attention on the residual branch output, before the sum (as SE/CBAM do).
     _C.MODEL.ACT_ATTENTION = CN()

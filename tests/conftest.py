@@ -4,6 +4,10 @@ import sys
 
 import pytest
 
+# Triton's CPU interpreter runs the fused AW kernel on CPU tensors (tests/test_aw_conv_triton.py);
+# Triton reads this when a kernel is defined, so before anything imports one.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo", "shapes_R_18_FPN.yaml")
 

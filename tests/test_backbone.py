@@ -93,6 +93,8 @@ CONFIG_ERRORS = [
     ({"MODEL.RESNETS.RES5_DILATION": 3}, "RES5_DILATION must be 1 or 2, got 3"),
     ({"MODEL.AW.ENABLED": True, "MODEL.RESNETS.DEFORM_ON_PER_STAGE": [False, False, True, False]},
      "res4: deformable conv and attention cannot share a stage"),
+    ({"MODEL.AW.ENABLED": True, "MODEL.AW.KERNEL": "cuda"},
+     r"MODEL.AW.KERNEL: unknown kernel 'cuda'; use one of \('auto', 'cudnn', 'triton'\)"),
     ({"MODEL.AW.ENABLED": True, "MODEL.AW.ATTENTION_GROUPS": 3}, "res3: AWConv2d: attention_groups must divide out_channels=128.*check MODEL.AW"),
     ({"MODEL.AA.ENABLED": True, "MODEL.RESNETS.NUM_GROUPS": 32, "MODEL.RESNETS.WIDTH_PER_GROUP": 8},
      r"MODEL.AA: grouped 3x3 convs \(RESNETS.NUM_GROUPS > 1\) are not supported"),

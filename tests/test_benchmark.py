@@ -39,16 +39,35 @@ def test_benchmark_models(tmp_path):
     assert rows[1]["params"] > rows[0]["params"] and rows[1]["gflops"] > rows[0]["gflops"] > 0
     assert rows[0]["peak_memory_mb"] > 0
     assert "shapes_R_18_FPN_aw" in proc.stdout
-    proc = run_tool("benchmark.py", "--task", "inference", "--config-file",
-                    f"{DEMO}/shapes_R_18_FPN.yaml", "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml",
-                    "--iters", "2", "--no-memory", "--expand-bf16", *opts)
-    assert "inference, batch 1" in proc.stdout and "shapes_R_18_FPN_aw" in proc.stdout
-    proc = run_tool("benchmark.py", "--task", "train", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
-                    "--expand-bf16", check=False)
-    assert proc.returncode == 2 and "--expand-bf16 is an inference option" in proc.stderr
     proc = run_tool("benchmark.py", "--task", "train", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
                     "--batched-path", "grouped", check=False)
     assert proc.returncode == 2 and "--batched-path times this process only: add --no-memory" in proc.stderr
+
+
+def test_gpu_preset_smoke_runs_every_arm_with_each_kernel(tmp_path):
+    """On CPU --preset gpu runs the GPU benchmark's code on narrow networks; every AW arm
+    really runs the kernel it names (the fused one through Triton's interpreter)."""
+    proc = run_tool("benchmark.py", "--preset", "gpu", "--output-dir", str(tmp_path))
+    result = json.load(open(tmp_path / "gpu_benchmark.json"))
+    assert result["info"]["smoke"] and result["info"]["triton"]
+    rows = result["rows"]
+    detector = {(r["mode"], r["amp"], r["arm"], r["kernel"]): r for r in rows if r["section"] == "detector"}
+    arms = {("baseline", None), ("AA", None)} | {(a, k) for a in ("AW-full", "AW-lite", "SE+AW")
+                                                 for k in ("cudnn", "triton")}
+    assert {key[2:] for key in detector} == arms
+    assert {key[:2] for key in detector} == {("train", False), ("inference", True)}
+    for (mode, amp, arm, kernel), r in detector.items():
+        assert r["s_per_iter"] > 0 and r["ratio"] == pytest.approx(
+            r["s_per_iter"] / detector[(mode, amp, "baseline", None)]["s_per_iter"])
+        assert r["paths"] == (["triton"] if kernel == "triton" else [] if kernel is None else
+                              ["per_sample"] if mode == "train" else ["plain"]), (mode, arm, kernel)
+    classifier = [r for r in rows if r["section"] == "classification"]
+    assert {(r["arm"], r["kernel"]) for r in classifier} == {
+        ("baseline", None), *((a, k) for a in ("AW-full", "AW-lite") for k in ("cudnn", "triton"))}
+    assert {r["layer"] for r in rows if r["section"] == "layer"} >= {"conv", "aw(G=16) triton"}
+    table = open(tmp_path / "gpu_benchmark.md").read()
+    assert "## R-50-FPN Faster R-CNN" in table and "## Goals" in table and "A smoke run" in table
+    assert "gpu_benchmark.md" in proc.stdout
 
 
 def test_share_weights_gives_the_aw_model_the_baselines_proposals():
@@ -110,12 +129,11 @@ def test_interleaved_timing_and_layer_rows():
     conv = {(r["batch"], r["mode"]): r["ms"] for r in rows if r["layer"] == "conv"}
     assert all(r["ratio"] == pytest.approx(r["ms"] / conv[r["batch"], r["mode"]]) for r in rows)
     rows = layer_benchmark((1, 2), iters=1, attention_groups=(8,), shapes=[("tiny", 16, 6, 6)],
-                           paths=(None, "plain", "grouped"), expand_bf16=True)
+                           paths=(None, "plain", "grouped"))
     names = {}
     for r in rows:
         names.setdefault((r["batch"], r["mode"]), []).append(r["layer"])
-    assert names[1, "forward"] == ["conv", "aw(G=8)", "aw(G=8) plain", "aw(G=8) grouped",
-                                   "aw(G=8) bf16 expand"]
+    assert names[1, "forward"] == ["conv", "aw(G=8)", "aw(G=8) plain", "aw(G=8) grouped"]
     assert names[2, "forward+backward"] == ["conv", "aw(G=8)", "aw(G=8) grouped"]
     rows = aa_memory_benchmark(iters=1, stages=[("tiny", 32, 6, 6)])
     assert [r["impl"] for r in rows] == ["fused", "explicit", "naive"]

@@ -4,7 +4,8 @@
     tools/benchmark.py --task inference --config-file BASE.yaml --config-file AW.yaml
     tools/benchmark.py --task train --config-file BASE.yaml --config-file AW.yaml --iters 5
     tools/benchmark.py --task layer    # AWConv2d vs nn.Conv2d at ResNet-50 3x3 shapes
-    tools/benchmark.py --task layer --paths default per_sample grouped --expand-bf16
+    tools/benchmark.py --task layer --paths default per_sample grouped triton
+    tools/benchmark.py --preset gpu  # docs/BENCHMARKS.md; on CPU a tiny smoke run of it
     tools/benchmark.py --task aa       # AAConv2d time and memory: fused / explicit / naive
     tools/benchmark.py --task export --config-file A.yaml ...  # eager vs TorchScript vs onnxruntime
 """
@@ -19,12 +20,22 @@ import aw_detection  # noqa: F401  (registers backbones)
 from aw_detection.allocator import reuse_freed_memory
 from aw_detection.benchmark import CLOCKS, aa_memory_benchmark, layer_benchmark, model_benchmark
 from aw_detection.config import load_config
+from aw_detection.gpu_benchmark import gpu_benchmark
 from aw_detection.layers.aw_conv import BATCHED_PATH, PATHS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["inference", "train", "layer", "aa", "export"], default="inference")
+    p.add_argument("--preset", choices=["gpu"],
+                   help="gpu: detectors at 800x1333, layers and a classifier, every AW arm with "
+                        "each kernel; writes gpu_benchmark.{md,json} (a smoke run off CUDA)")
+    p.add_argument("--sections", nargs="+", choices=["layer", "detector", "classification"],
+                   help="--preset gpu: run only these parts")
+    p.add_argument("--output-dir", help="--preset gpu: where the tables go (default: results/ "
+                                        "on CUDA, output/gpu_benchmark_smoke elsewhere)")
     p.add_argument("--config-file", action="append", default=[], help="repeatable; first = baseline")
     p.add_argument("--iters", type=int, default=10, help="timed iterations (after warm-up)")
     p.add_argument("--batch-size", type=int, default=1)
@@ -36,8 +47,6 @@ def main():
     p.add_argument("--batched-path", choices=["per_sample", "grouped"],
                    help="inference/train tasks: AWConv2d's formulation for batches > 1 on this "
                         "device instead of the policy's (aw_conv.BATCHED_PATH); with --no-memory")
-    p.add_argument("--expand-bf16", action="store_true",
-                   help="layer and inference tasks: AW generators' expand weights in bfloat16")
     p.add_argument("--optimizer", action="store_true",
                    help="train task: end each step with the config's optimizer update, as "
                         "Detectron2's trainer does (default: forward, backward, zero_grad)")
@@ -49,6 +58,16 @@ def main():
     args = p.parse_args()
     reuse_freed_memory()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.preset:
+        out = args.output_dir or os.path.join(ROOT, "results" if device == "cuda" else
+                                              os.path.join("output", "gpu_benchmark_smoke"))
+        command = "tools/benchmark.py --preset gpu" + (f" --sections {' '.join(args.sections)}"
+                                                       if args.sections else "")
+        result = gpu_benchmark(os.path.join(ROOT, "configs"), out, device, command=command,
+                               sections=args.sections)
+        print(open(os.path.join(out, "gpu_benchmark.md")).read())
+        print(f"written: {out}/gpu_benchmark.md, .json ({result['seconds']:.0f} s)")
+        return
     if args.clock == "cpu" and device != "cpu":
         p.error("--clock cpu measures CPU work; use --clock wall on a GPU")
     header = f"{device}, {torch.get_num_threads()} threads, median {args.clock} time of {args.iters}"
@@ -59,12 +78,11 @@ def main():
             p.error("--batched-path times this process only: add --no-memory")
         BATCHED_PATH[torch.device(device).type] = dict.fromkeys(("train", "inference"),
                                                                  args.batched_path)
-        header += f", AWConv2d batches as {args.batched_path} (where not 'patches')"
+        header += f", AWConv2d batches as {args.batched_path}"
 
     if args.task == "layer":
         paths = [None if name == "default" else name for name in args.paths]
-        rows = layer_benchmark(args.batch_sizes, args.iters, device, paths=paths,
-                               expand_bf16=args.expand_bf16, clock=args.clock)
+        rows = layer_benchmark(args.batch_sizes, args.iters, device, paths=paths, clock=args.clock)
         print(f"AWConv2d vs nn.Conv2d, ResNet-50 3x3 shapes at 800x1067, {header}; "
               "forward+backward computes the input gradient too")
         table = [[r["stage"], r["batch"], r["mode"], r["layer"], f'{r["ms"]:.1f}', f'{r["ratio"]:.2f}x']
@@ -78,8 +96,6 @@ def main():
     else:
         if not args.config_file:
             p.error(f"--task {args.task} needs at least one --config-file")
-        if args.expand_bf16 and args.task == "train":
-            p.error("--expand-bf16 is an inference option (training keeps float32)")
         if args.optimizer and args.task != "train":
             p.error("--optimizer is for --task train")
         named = []
@@ -97,8 +113,7 @@ def main():
                     json.dump(rows, f, indent=2)
             return
         rows = model_benchmark(named, args.task, args.iters, args.batch_size, not args.no_memory,
-                               torch.bfloat16 if args.expand_bf16 else None, args.clock,
-                               args.optimizer)
+                               args.clock, args.optimizer)
         h, w = rows[0]["input"]
         step = " (with the optimizer update)" if args.optimizer else ""
         print(f"{args.task}{step}, batch {args.batch_size}, GFLOPs at {h}x{w}, {header}")

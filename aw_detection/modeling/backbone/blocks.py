@@ -12,12 +12,13 @@ from ...layers import AAConv2d, AWConv2d, aa_channels, create_act_attention
 __all__ = ["AttentionBasicBlock", "AttentionBottleneckBlock", "to_aa_conv", "to_aw_conv"]
 
 
-def to_aw_conv(conv, reduction, attention_groups):
+def to_aw_conv(conv, reduction, attention_groups, kernel="auto"):
     """An AWConv2d computing what the Detectron2 ``Conv2d`` ``conv`` computes (same weight)."""
     aw = AWConv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
         conv.dilation, conv.groups, conv.bias is not None, reduction=reduction,
         attention_groups=attention_groups, norm=conv.norm, activation=conv.activation,
+        kernel=kernel,
     )
     aw.weight.data.copy_(conv.weight.data)
     if conv.bias is not None:

@@ -26,6 +26,7 @@ from detectron2.modeling.backbone.resnet import (
 from ...config import add_aw_config
 from ...errors import ConfigError
 from ...layers import create_act_attention
+from ...layers.aw_conv import KERNELS
 from .blocks import AttentionBasicBlock, AttentionBottleneckBlock
 
 __all__ = ["attention_defaults", "attention_resnet", "build_aw_resnet_backbone", "resnet_arguments"]
@@ -37,7 +38,7 @@ BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [
 ATTENTION_SECTIONS = {"aw": "AW", "aa": "AA", "act_attention": "ACT_ATTENTION"}
 # The keys of those nodes that shape the network; others (e.g. optimiser factors) are not the
 # backbone's, and a LazyConfig that set them here would see them ignored.
-BACKBONE_KEYS = {"aw": ("enabled", "stages", "reduction", "attention_groups"),
+BACKBONE_KEYS = {"aw": ("enabled", "stages", "reduction", "attention_groups", "kernel"),
                  "aa": ("enabled", "stages", "heads", "kappa", "nu", "max_size"),
                  "act_attention": ("type", "stages", "reduction")}
 
@@ -101,6 +102,8 @@ def _check_stages(aw, aa, act_attention, freeze_at):
                     f"{key} has {stage}, but MODEL.BACKBONE.FREEZE_AT={freeze_at} freezes it, "
                     f"so its attention could not train. Remove {stage} or lower FREEZE_AT."
                 )
+    if aw["kernel"] not in KERNELS:
+        raise ConfigError(f"MODEL.AW.KERNEL: unknown kernel {aw['kernel']!r}; use one of {KERNELS}")
     try:
         create_act_attention(act_attention["type"], 8)  # validates the name early
     except ValueError as e:
@@ -111,7 +114,8 @@ def _stage_attention(aw, aa, act_attention, stage):
     """Block kwargs for the attention of one stage ({} when it has none)."""
     kwargs = {}
     if aw["enabled"] and stage in aw["stages"]:
-        kwargs["aw"] = dict(reduction=aw["reduction"], attention_groups=aw["attention_groups"])
+        kwargs["aw"] = dict(reduction=aw["reduction"], attention_groups=aw["attention_groups"],
+                            kernel=aw["kernel"])
     if aa["enabled"] and stage in aa["stages"]:
         kwargs["aa"] = dict(heads=aa["heads"], kappa=aa["kappa"], nu=aa["nu"],
                             max_size=aa["max_size"])
