@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import statistics
+import tempfile
 import time
 import traceback
 
@@ -23,6 +24,8 @@ __all__ = [
     "PeakMemoryError",
     "RESNET50_3X3_SHAPES",
     "aa_memory_benchmark",
+    "export_benchmark",
+    "export_benchmark_table",
     "layer_benchmark",
     "model_benchmark",
     "peak_memory_mb",
@@ -338,7 +341,7 @@ def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory
     only): the step ends with the config's optimizer update, as Detectron2's trainer's does. The timed candidates share the first one's weights (``share_weights``);
     the peak-memory child builds its model alone, with its own random weights, and its peak
     includes the optimizer's state."""
-    from .analysis import model_statistics
+    from .evaluation.statistics import model_statistics
 
     from detectron2.modeling import build_model
 
@@ -369,3 +372,44 @@ def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory
                                       device=device) if memory else (None, None))
         row.update(peak_memory_mb=peak, peak_memory_error=error)
     return rows
+
+
+def export_benchmark(named_cfgs, iters=10, batch=1, warmup=2, clock="wall"):
+    """Eager vs TorchScript vs onnxruntime for each (name, cfg), interleaved in one process:
+    median seconds per image (``clock`` as in ``time_interleaved``) and the ratio to the
+    config's eager model."""
+    from detectron2.modeling import build_model
+
+    from .export import export_model, load_exported, traceable_model
+
+    steps, rows = {}, []
+    with tempfile.TemporaryDirectory(prefix="aw_export_bench") as tmp:
+        for name, cfg in named_cfgs:
+            model = build_model(cfg).eval()
+            images = [item["image"] for item in synthetic_batch(cfg, batch, train=False)]
+            adapter = traceable_model(model, images)
+            steps[(name, "eager")] = lambda a=adapter, x=images: a(*x)
+            for fmt, runtime in (("torchscript", "torchscript"), ("onnx", "onnxruntime")):
+                path = export_model(adapter, images, fmt, os.path.join(tmp, name, fmt))
+                run = load_exported(path)
+                steps[(name, runtime)] = lambda r=run, x=images: r(*x)
+            rows += [{"config": name, "runtime": r, "input": list(images[0].shape[1:]),
+                      "batch": batch} for r in ("eager", "torchscript", "onnxruntime")]
+        seconds = time_interleaved(steps, iters, warmup, device=named_cfgs[0][1].MODEL.DEVICE,
+                                   clock=clock)
+    for row in rows:
+        row["seconds_per_image"] = seconds[(row["config"], row["runtime"])] / batch
+        row["ratio_to_eager"] = (seconds[(row["config"], row["runtime"])]
+                                 / seconds[(row["config"], "eager")])
+    return rows
+
+
+def export_benchmark_table(rows):
+    """Markdown table of :func:`export_benchmark` rows."""
+    from tabulate import tabulate
+
+    h, w = rows[0]["input"]
+    return tabulate([[r["config"], r["runtime"], f'{r["seconds_per_image"]:.4f}',
+                      f'{r["ratio_to_eager"]:.2f}x'] for r in rows],
+                    headers=["config", "runtime", f"s/img ({h}x{w}, batch {rows[0]['batch']})",
+                             "vs eager"], tablefmt="github")

@@ -36,7 +36,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from .errors import UserError
 
 __all__ = ["FORMATS", "ONNX_OPSET", "ExportError", "compare_outputs", "export",
-           "export_benchmark", "export_benchmark_table", "export_model", "image_tensor",
+           "export_model", "image_tensor",
            "load_exported", "output_names", "per_image",
            "sample_images", "traceable_model", "verify_export"]
 
@@ -417,44 +417,3 @@ def export(cfg, model, fmt, output_dir, metadata, sample_image=None, batch=1):
     with open(os.path.join(output_dir, DEPLOY_INFO), "w") as f:
         json.dump(info, f, indent=2)
     return info
-
-
-def export_benchmark(named_cfgs, iters=10, batch=1, warmup=2, clock="wall"):
-    """Eager vs TorchScript vs onnxruntime for each (name, cfg), interleaved in one process:
-    median seconds per image (``clock`` as in ``time_interleaved``) and the ratio to the
-    config's eager model."""
-    from detectron2.modeling import build_model
-
-    from .benchmark import synthetic_batch, time_interleaved
-
-    steps, rows = {}, []
-    with tempfile.TemporaryDirectory(prefix="aw_export_bench") as tmp:
-        for name, cfg in named_cfgs:
-            model = build_model(cfg).eval()
-            images = [item["image"] for item in synthetic_batch(cfg, batch, train=False)]
-            adapter = traceable_model(model, images)
-            steps[(name, "eager")] = lambda a=adapter, x=images: a(*x)
-            for fmt, runtime in (("torchscript", "torchscript"), ("onnx", "onnxruntime")):
-                path = export_model(adapter, images, fmt, os.path.join(tmp, name, fmt))
-                run = load_exported(path)
-                steps[(name, runtime)] = lambda r=run, x=images: r(*x)
-            rows += [{"config": name, "runtime": r, "input": list(images[0].shape[1:]),
-                      "batch": batch} for r in ("eager", "torchscript", "onnxruntime")]
-        seconds = time_interleaved(steps, iters, warmup, device=named_cfgs[0][1].MODEL.DEVICE,
-                                   clock=clock)
-    for row in rows:
-        row["seconds_per_image"] = seconds[(row["config"], row["runtime"])] / batch
-        row["ratio_to_eager"] = (seconds[(row["config"], row["runtime"])]
-                                 / seconds[(row["config"], "eager")])
-    return rows
-
-
-def export_benchmark_table(rows):
-    """Markdown table of :func:`export_benchmark` rows."""
-    from tabulate import tabulate
-
-    h, w = rows[0]["input"]
-    return tabulate([[r["config"], r["runtime"], f'{r["seconds_per_image"]:.4f}',
-                      f'{r["ratio_to_eager"]:.2f}x'] for r in rows],
-                    headers=["config", "runtime", f"s/img ({h}x{w}, batch {rows[0]['batch']})",
-                             "vs eager"], tablefmt="github")

@@ -1,4 +1,4 @@
-"""aw_detection.allocator: glibc keeps freed memory for reuse, unless the user chose."""
+"""aw_detection.engine.allocator: glibc keeps freed memory for reuse, unless the user chose."""
 import ctypes
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from aw_detection.allocator import reuse_freed_memory
+from aw_detection.engine.allocator import reuse_freed_memory
 
 from .conftest import ROOT
 
@@ -45,7 +45,7 @@ print(libc.mallinfo2().hblkhd - before)
 
 @pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="needs glibc >= 2.33")
 def test_large_blocks_come_from_the_heap_after_the_call():
-    module = os.path.join(ROOT, "aw_detection", "allocator.py")
+    module = os.path.join(ROOT, "aw_detection", "engine", "allocator.py")
     mapped = {}
     for mode in ("default", "tuned"):
         out = subprocess.run([sys.executable, "-c", _PROBE, module, mode], capture_output=True,

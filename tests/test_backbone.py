@@ -10,7 +10,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 
 from aw_detection import add_aw_config
-from aw_detection.checkpoint import AWCheckpointer
+from aw_detection.checkpoint.checkpointer import AWCheckpointer
 from aw_detection.config import load_config
 from aw_detection.errors import ConfigError
 from aw_detection.layers import CBAM, AAConv2d, AWConv2d, SqueezeExcitation

@@ -13,11 +13,12 @@ from PIL import Image
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from aw_detection.backbone_weights import TORCHVISION_SETTINGS, apply_torchvision_settings
-from aw_detection.checkpoint import AWCheckpointer
-from aw_detection.classification import check_image_folder, evaluate_classifier, setup_classification
-from aw_detection.classification.data import ClassificationFolder, _collate, _transform
-from aw_detection.classification.shapes import generate_shapes_classification
+from aw_detection.checkpoint.backbone_weights import TORCHVISION_SETTINGS, apply_torchvision_settings
+from aw_detection.checkpoint.checkpointer import AWCheckpointer
+from aw_detection.data.classification import check_image_folder
+from aw_detection.engine.classification import evaluate_classifier, setup_classification
+from aw_detection.data.classification import ClassificationFolder, _collate, _transform
+from aw_detection.data.shapes_classification import generate_shapes_classification
 from aw_detection.config import load_config
 from aw_detection.errors import UserError
 from aw_detection.evaluation import read_eval_results

@@ -30,7 +30,7 @@ from detectron2.utils.testing import assert_instances_allclose
 from torch import nn
 
 from aw_detection import add_aw_config
-from aw_detection.checkpoint import AWCheckpointer
+from aw_detection.checkpoint.checkpointer import AWCheckpointer
 from aw_detection.config import load_config
 from aw_detection.layers import AAConv2d, AWConv2d
 

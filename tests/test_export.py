@@ -18,8 +18,9 @@ from detectron2.structures import Boxes, Instances
 from aw_detection.config import load_config
 from aw_detection.data import read_image
 from aw_detection.errors import UserError
-from aw_detection.export import (ExportError, compare_outputs, export, export_benchmark, export_model,
-                                 image_tensor, load_exported, output_names, traceable_model)
+from aw_detection.benchmark import export_benchmark
+from aw_detection.export import (ExportError, compare_outputs, export, export_model, image_tensor,
+                                 load_exported, output_names, traceable_model)
 from aw_detection.layers import AWConv2d
 
 from .conftest import ROOT, run_tool

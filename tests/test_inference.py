@@ -4,10 +4,10 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from aw_detection.checkpoint import AWCheckpointer
+from aw_detection.checkpoint.checkpointer import AWCheckpointer
 from aw_detection.config import load_config
 from aw_detection.errors import UserError
-from aw_detection.inference import class_metadata, detections_to_json
+from aw_detection.engine.inference import class_metadata, detections_to_json
 
 from .conftest import DEMO_CONFIG, ROOT
 

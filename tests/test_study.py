@@ -98,7 +98,7 @@ def test_generator_factors_scale_only_the_generator_groups():
 def tiny_study(tiny_shapes, tmp_path_factory):
     """A spec of 2 detection arms x 2 seeds on the tiny data; the AW arm starts from a
     (tiny) pre-training run on shapes crops."""
-    from aw_detection.classification.shapes import generate_shapes_classification
+    from aw_detection.data.shapes_classification import generate_shapes_classification
 
     root = tmp_path_factory.mktemp("study")
     folder = str(root / "crops")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from aw_detection.attention_stats import attention_statistics
+from aw_detection.evaluation.attention_stats import attention_statistics
 from aw_detection.config import load_config
 from aw_detection.layers import AWConv2d
 

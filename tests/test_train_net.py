@@ -19,7 +19,7 @@ from aw_detection.config import load_config, load_run_config
 from aw_detection.engine.trainer import CPUAutocastTrainer
 from aw_detection.engine.hooks import AttentionStats
 from aw_detection.evaluation import read_eval_results
-from aw_detection.inference import build_inference_model
+from aw_detection.engine.inference import build_inference_model
 from aw_detection.layers import AWConv2d
 
 from .conftest import ROOT, TINY_OPTS, run_tool

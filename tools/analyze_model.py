@@ -11,8 +11,8 @@ import os
 from tabulate import tabulate
 
 import aw_detection  # noqa: F401  (registers backbones)
-from aw_detection.analysis import model_statistics
-from aw_detection.cli import user_errors
+from aw_detection.evaluation.statistics import model_statistics
+from aw_detection.engine.cli import user_errors
 from aw_detection.config import load_config
 
 

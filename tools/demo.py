@@ -16,10 +16,10 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 import aw_detection  # noqa: F401  (registers backbones and datasets)
-from aw_detection.allocator import reuse_freed_memory
+from aw_detection.engine.allocator import reuse_freed_memory
 from aw_detection.data import prepare_datasets
-from aw_detection.cli import add_dataset_arguments, add_model_arguments, model_config, user_errors
-from aw_detection.inference import Predictor, detections_to_json, list_images
+from aw_detection.engine.cli import add_dataset_arguments, add_model_arguments, model_config, user_errors
+from aw_detection.engine.inference import Predictor, detections_to_json, list_images
 
 
 def main():

@@ -17,9 +17,9 @@ import logging
 import os
 
 import aw_detection  # noqa: F401  (registers backbones and datasets)
-from aw_detection.cli import add_model_arguments, model_config, user_errors
+from aw_detection.engine.cli import add_model_arguments, model_config, user_errors
 from aw_detection.export import FORMATS, export
-from aw_detection.inference import build_inference_model, class_metadata
+from aw_detection.engine.inference import build_inference_model, class_metadata
 
 
 def main():

@@ -13,16 +13,16 @@ import os
 from tabulate import tabulate
 
 import aw_detection  # noqa: F401
-from aw_detection.allocator import reuse_freed_memory
-from aw_detection.attention_stats import (
+from aw_detection.engine.allocator import reuse_freed_memory
+from aw_detection.evaluation.attention_stats import (
     attention_statistics,
     collect_attention,
     plot_attention,
     write_statistics,
 )
-from aw_detection.cli import add_model_arguments, model_config, user_errors
+from aw_detection.engine.cli import add_model_arguments, model_config, user_errors
 from aw_detection.errors import UserError
-from aw_detection.inference import Predictor, list_images
+from aw_detection.engine.inference import Predictor, list_images
 
 
 def main():

@@ -33,8 +33,8 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 import aw_detection  # noqa: F401  (registers backbones and datasets)
-from aw_detection.checkpoint import AWCheckpointer
-from aw_detection.cli import DropDivergedTraceback, add_dataset_arguments, launch_main, user_errors
+from aw_detection.checkpoint.checkpointer import AWCheckpointer
+from aw_detection.engine.cli import DropDivergedTraceback, add_dataset_arguments, launch_main, user_errors
 from aw_detection.data import prepare_datasets
 from aw_detection.errors import UserError
 from aw_detection.evaluation import write_eval_results

@@ -16,7 +16,7 @@ import shlex
 import sys
 import time
 
-from aw_detection.cli import user_errors
+from aw_detection.engine.cli import user_errors
 from aw_detection.study import (ROOT, collect_results, included_seeds, load_spec, plan_runs,
                                 run_study, write_report)
 

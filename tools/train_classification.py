@@ -13,9 +13,9 @@ backbone; OUTPUT_DIR/eval_results.json holds {"top1": %, "top5": %}.
 from detectron2.engine import default_argument_parser
 
 import aw_detection  # noqa: F401  (registers the classifier and backbones)
-from aw_detection.checkpoint import AWCheckpointer
-from aw_detection.classification import ClassificationTrainer, setup_classification
-from aw_detection.cli import launch_main, user_errors
+from aw_detection.checkpoint.checkpointer import AWCheckpointer
+from aw_detection.engine.classification import ClassificationTrainer, setup_classification
+from aw_detection.engine.cli import launch_main, user_errors
 
 
 def main(args):

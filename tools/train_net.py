@@ -10,8 +10,8 @@
 from detectron2.engine import default_argument_parser
 
 import aw_detection  # noqa: F401  (registers backbones and datasets)
-from aw_detection.checkpoint import AWCheckpointer
-from aw_detection.cli import add_dataset_arguments, launch_main, user_errors
+from aw_detection.checkpoint.checkpointer import AWCheckpointer
+from aw_detection.engine.cli import add_dataset_arguments, launch_main, user_errors
 from aw_detection.engine import Trainer, setup
 
 

@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES_CLASSES", "SPLITS", "generate_shapes", "shapes_root", "ensure_generated",
+__all__ = ["SHAPES_CLASSES", "SPLITS", "draw_image", "generate_shapes", "shapes_root", "ensure_generated",
            "ensure_shapes"]
 
 SHAPES_CLASSES = ["circle", "rectangle", "triangle", "star", "cross"]
@@ -71,7 +71,7 @@ def _background(rng, h, w):
     return img
 
 
-def _draw_image(rng, h, w):
+def draw_image(rng, h, w):
     img = _background(rng, h, w)
     owner = np.zeros((h, w), np.int32)  # which shape (1-based) owns each pixel
     shapes = []
@@ -111,7 +111,7 @@ def generate_shapes(out_dir, split, num_images, seed):
     for i in range(num_images):
         rng = np.random.default_rng([seed, i])
         h, w = int(rng.integers(224, 289)), int(rng.integers(224, 321))
-        img, anns = _draw_image(rng, h, w)
+        img, anns = draw_image(rng, h, w)
         name = f"{i:05d}.png"
         img.save(os.path.join(image_dir, name))
         images.append({"id": i + 1, "file_name": name, "height": h, "width": w})

@@ -6,7 +6,7 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..backbone_weights import apply_torchvision_settings
+from ..checkpoint.backbone_weights import apply_torchvision_settings
 from ..config import load_config
 from ..data import apply_dataset_classes, check_registered, num_classes, prepare_datasets
 from ..errors import UserError

@@ -15,7 +15,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import AWCheckpointer
-from ..cli import DropDivergedTraceback
+from .cli import DropDivergedTraceback
 from ..data import RobustDatasetMapper
 from ..errors import ConfigError
 from ..evaluation import write_eval_results

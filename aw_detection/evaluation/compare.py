@@ -34,7 +34,7 @@ def _model_identity(cfg):
 
 def load_run(run_dir, dataset=None, with_model_stats=True):
     """One run as a flat dict: name, metrics, params, gflops, train/inference seconds."""
-    from ..analysis import model_statistics
+    from .statistics import model_statistics
     from ..config import load_config
 
     results = read_eval_results(run_dir)

@@ -5,9 +5,9 @@ import logging
 import os
 import sys
 
-from .allocator import reuse_freed_memory
-from .config import load_config, load_run_config
-from .errors import UserError
+from aw_detection.engine.allocator import reuse_freed_memory
+from aw_detection.config import load_config, load_run_config
+from aw_detection.errors import UserError
 
 __all__ = ["user_errors", "add_model_arguments", "model_config", "add_dataset_arguments",
            "launch_main", "DIVERGED_EXIT", "USER_ERROR_EXIT"]

@@ -12,7 +12,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from ..data.shapes import SHAPES_CLASSES, _draw_image, ensure_generated
+from aw_detection.data.shapes import SHAPES_CLASSES, draw_image, ensure_generated
 
 __all__ = ["SHAPES_CLASSIFICATION", "shapes_classification_root", "generate_shapes_classification",
            "ensure_shapes_classification"]
@@ -54,7 +54,7 @@ def generate_shapes_classification(out_dir, split, per_class, seed):
         rng = np.random.default_rng([seed, scene])
         scene += 1
         h, w = int(rng.integers(224, 289)), int(rng.integers(224, 321))
-        img, annotations = _draw_image(rng, h, w)
+        img, annotations = draw_image(rng, h, w)
         for ann in annotations:
             category = ann["category_id"] - 1
             if counts[category] >= per_class:

@@ -21,9 +21,9 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from ..data import read_image
-from ..errors import UserError, few
-from .shapes import SHAPES_CLASSIFICATION, ensure_shapes_classification
+from aw_detection.data import read_image
+from aw_detection.errors import UserError, few
+from aw_detection.data.shapes_classification import SHAPES_CLASSIFICATION, ensure_shapes_classification
 
 __all__ = ["resolve_image_folder", "check_image_folder", "ClassificationFolder",
            "build_classification_train_loader", "build_classification_test_loader"]

@@ -9,9 +9,9 @@ from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-from .checkpoint import AWCheckpointer
-from .data import num_classes, read_image
-from .errors import UserError
+from aw_detection.checkpoint.checkpointer import AWCheckpointer
+from aw_detection.data import num_classes, read_image
+from aw_detection.errors import UserError
 
 __all__ = ["Predictor", "build_inference_model", "class_metadata", "list_images",
            "detections_to_json"]

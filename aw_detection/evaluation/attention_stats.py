@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from .layers import AWConv2d
+from aw_detection.layers import AWConv2d
 
 __all__ = ["collect_attention", "attention_statistics", "plot_attention", "write_statistics"]
 

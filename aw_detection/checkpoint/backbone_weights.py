@@ -18,7 +18,7 @@ import os
 import torch
 from detectron2.modeling.backbone.resnet import BottleneckBlock, ResNet
 
-from .errors import UserError
+from aw_detection.errors import UserError
 
 __all__ = ["TORCHVISION_SETTINGS", "is_torchvision_resnet", "torchvision_to_detectron2",
            "adapt_backbone_checkpoint", "apply_torchvision_settings"]

@@ -6,7 +6,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 from fvcore.nn import parameter_count
 
-from .layers import add_flop_handles
+from aw_detection.layers import add_flop_handles
 
 __all__ = ["count_gflops", "model_statistics"]
 

@@ -12,13 +12,13 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from ..backbone_weights import apply_torchvision_settings
-from ..config import load_config
-from ..engine import Trainer
-from ..engine.setup import check_weights
-from ..errors import UserError
-from ..evaluation import write_eval_results
-from .data import (
+from aw_detection.checkpoint.backbone_weights import apply_torchvision_settings
+from aw_detection.config import load_config
+from aw_detection.engine import Trainer
+from aw_detection.engine.setup import check_weights
+from aw_detection.errors import UserError
+from aw_detection.evaluation import write_eval_results
+from aw_detection.data.classification import (
     build_classification_test_loader,
     build_classification_train_loader,
     check_image_folder,

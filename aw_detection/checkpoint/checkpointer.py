@@ -16,9 +16,9 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from fvcore.common.checkpoint import _IncompatibleKeys
 
-from .backbone_weights import adapt_backbone_checkpoint
-from .errors import UserError, few
-from .layers import AAConv2d
+from aw_detection.checkpoint.backbone_weights import adapt_backbone_checkpoint
+from aw_detection.errors import UserError, few
+from aw_detection.layers import AAConv2d
 
 __all__ = ["AWCheckpointer", "is_attention_param"]
 

@@ -4,7 +4,7 @@ detectors) + global average pool + linear head, registered as the meta-architect
 ``ImageClassifier``.
 
 Its state dict is ``backbone.<ResNet names>`` + ``head.weight/bias``: a checkpoint loads
-into a detector with the same backbone (see :mod:`aw_detection.backbone_weights`).
+into a detector with the same backbone (see :mod:`aw_detection.checkpoint.backbone_weights`).
 """
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..modeling.backbone import build_aw_resnet_backbone
+from aw_detection.modeling.backbone import build_aw_resnet_backbone
 
 __all__ = ["ImageClassifier"]
 
