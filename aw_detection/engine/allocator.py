@@ -5,8 +5,7 @@ glibc serves a block over its mmap threshold (128 KiB, raised as blocks are free
 kernel above its trim threshold. A tensor of that size is then page-faulted in again on every
 step: on the 2-core development machine, filling a fresh 33.5 MiB tensor took 9.6 ms and a
 reused one 0.3 ms. AW-full's generators make such tensors (the ``expand`` gradient at res5 is
-33.5 MiB), so AW paid this on every step where the baseline mostly does not (README "Cost
-goals").
+33.5 MiB), so AW paid this on every step where the baseline mostly does not (docs/BENCHMARKS.md).
 PyTorch's CPU performance guide recommends a caching allocator for the same reason; this is
 the glibc-only way to get one, with no extra library.
 
@@ -16,6 +15,14 @@ user set glibc's malloc (any ``MALLOC_*`` variable, ``glibc.malloc`` tunables) o
 another allocator (jemalloc, tcmalloc, mimalloc), or with ``AW_DETECTION_MALLOC=system``.
 Each process (DataLoader workers inherit the setting) then keeps the memory it freed, up to
 its own peak, instead of returning it to the system between steps.
+
+Why mallopt and not ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``: glibc reads those
+variables once, when the process first calls malloc, which is before the interpreter runs any
+line of a tool. Setting them in ``os.environ`` reaches only processes started afterwards; the
+tool itself (the trainer, the benchmark) would have to re-execute itself to get them, and code
+that imports the library from its own script never would. mallopt sets the same two
+thresholds in the running process. A user who prefers the environment sets it in the shell:
+any ``MALLOC_*`` variable leaves the choice to glibc.
 """
 import ctypes
 import ctypes.util
