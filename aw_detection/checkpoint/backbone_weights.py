@@ -14,9 +14,11 @@
 """
 import logging
 import os
+from collections import OrderedDict
 
 import torch
 from detectron2.modeling.backbone.resnet import BottleneckBlock, ResNet
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from aw_detection.errors import UserError
 
@@ -38,9 +40,9 @@ CLASSIFIER_BACKBONE, CLASSIFIER_HEAD = "backbone.", "head."
 
 
 def _strip_module(state):
-    """Names of a DDP-wrapped model's state dict without the ``module.`` prefix."""
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+    """Names of a DDP-wrapped model's state dict without the ``module.`` prefix (a copy)."""
+    state = OrderedDict(state)
+    consume_prefix_in_state_dict_if_present(state, "module.")
     return state
 
 

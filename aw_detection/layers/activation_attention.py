@@ -7,23 +7,18 @@ Both rescale activations (the residual branch output, before the sum); they are 
 AW is combined with in Zhu et al. 2021.
 """
 import torch
+import torchvision
 from torch import nn
 
 __all__ = ["SqueezeExcitation", "CBAM", "create_act_attention"]
 
 
-class SqueezeExcitation(nn.Module):
-    """Global average pool -> FC -> ReLU -> FC -> sigmoid -> channel scale."""
+class SqueezeExcitation(torchvision.ops.SqueezeExcitation):
+    """torchvision's block (global average pool -> 1x1 conv -> ReLU -> 1x1 conv -> sigmoid ->
+    channel scale; parameters ``fc1`` / ``fc2``), sized by a reduction ratio."""
 
     def __init__(self, channels, reduction=16):
-        super().__init__()
-        hidden = max(channels // reduction, 1)
-        self.fc1 = nn.Conv2d(channels, hidden, 1)
-        self.fc2 = nn.Conv2d(hidden, channels, 1)
-
-    def forward(self, x):
-        scale = self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True))))
-        return x * torch.sigmoid(scale)
+        super().__init__(channels, max(channels // reduction, 1))
 
 
 class CBAM(nn.Module):
