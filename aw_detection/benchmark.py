@@ -252,13 +252,12 @@ def synthetic_batch(cfg, batch_size, train, seed=0, size=None):
     every model compared, without needing the dataset on disk."""
     from detectron2.structures import BitMasks, Boxes, Instances
 
+    from .data import image_size
+
     gen = torch.Generator().manual_seed(seed)
     retinanet = cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
     num_classes = (cfg.MODEL.RETINANET if retinanet else cfg.MODEL.ROI_HEADS).NUM_CLASSES
-    h = max(cfg.INPUT.MIN_SIZE_TRAIN) if train else cfg.INPUT.MIN_SIZE_TEST
-    w = min(round(h * 4 / 3), cfg.INPUT.MAX_SIZE_TRAIN if train else cfg.INPUT.MAX_SIZE_TEST)
-    if size is not None:
-        h, w = size
+    h, w = size or image_size(cfg, train)
     batch = []
     for _ in range(batch_size):
         item = {"image": torch.randint(0, 256, (3, h, w), generator=gen).float(),

@@ -20,14 +20,12 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config.instantiate import dump_dataclass
-from detectron2.data import transforms as T
 from detectron2.export import TracingAdapter, dump_torchscript_IR
 from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema
 from detectron2.modeling import GeneralizedRCNN
@@ -281,8 +279,9 @@ def image_tensor(cfg, image):
     """An HxWx3 uint8 array in cfg.INPUT.FORMAT -> the model's (3, H', W') float input, resized
     as Detectron2's DefaultPredictor resizes (shortest edge MIN_SIZE_TEST, longest at most
     MAX_SIZE_TEST)."""
-    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-    resized = aug.get_transform(image).apply_image(image)
+    from .data import inference_resize
+
+    resized = inference_resize(cfg).get_transform(image).apply_image(image)
     return torch.as_tensor(np.ascontiguousarray(resized.astype("float32").transpose(2, 0, 1)))
 
 
@@ -299,8 +298,9 @@ def sample_images(cfg, path=None, batch=1):
         except (OSError, ValueError, SyntaxError) as e:
             raise UserError(f"--sample-image {path}: cannot be read as an image ({e})")
     else:
-        h = cfg.INPUT.MIN_SIZE_TEST
-        w = min(round(h * 4 / 3), cfg.INPUT.MAX_SIZE_TEST)
+        from .data import image_size
+
+        h, w = image_size(cfg)
         first = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0)) * 255
     images = [first]
     for i in range(1, batch):

@@ -12,7 +12,7 @@ from .custom import (
     parse_dataset_arg,
     prepare_datasets,
 )
-from .mapper import RobustDatasetMapper, read_image
+from .mapper import RobustDatasetMapper, image_size, inference_resize, read_image
 from .shapes import SHAPES_CLASSES, SPLITS, ensure_shapes, generate_shapes, shapes_root
 
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from ..errors import UserError
 
-__all__ = ["read_image", "RobustDatasetMapper"]
+__all__ = ["RobustDatasetMapper", "image_size", "inference_resize", "read_image"]
 
 logger = logging.getLogger("aw_detection")
 
@@ -58,3 +58,15 @@ class RobustDatasetMapper(DatasetMapper):
         if "annotations" in dataset_dict:
             self._transform_annotations(dataset_dict, transforms, image.shape[:2])
         return dataset_dict
+
+
+def inference_resize(cfg):
+    """Detectron2's test-time resize (shortest edge MIN_SIZE_TEST, longest at most
+    MAX_SIZE_TEST), as its DefaultPredictor applies it."""
+    return utils.build_augmentation(cfg, is_train=False)[0]
+
+
+def image_size(cfg, train=False):
+    """(h, w) of a 4:3 image (COCO's commonest shape) after the config's resize."""
+    h = max(cfg.INPUT.MIN_SIZE_TRAIN) if train else cfg.INPUT.MIN_SIZE_TEST
+    return h, min(round(h * 4 / 3), cfg.INPUT.MAX_SIZE_TRAIN if train else cfg.INPUT.MAX_SIZE_TEST)

@@ -3,27 +3,22 @@ the project's Trainer (DefaultTrainer: launch/comm, CPU DDP, AMP on GPU, checkpo
 --resume, metrics.json / tensorboard writers, LR schedulers, SGD or AdamW) with the classifier's
 data and a top-1/top-5 evaluation."""
 import logging
-import os
 
 import torch
-from detectron2.engine import default_setup
 from detectron2.evaluation import inference_context
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from aw_detection.checkpoint.backbone_weights import apply_torchvision_settings
-from aw_detection.config import load_config
-from aw_detection.engine import Trainer
-from aw_detection.engine.setup import check_weights
-from aw_detection.errors import UserError
-from aw_detection.evaluation import write_eval_results
 from aw_detection.data.classification import (
     build_classification_test_loader,
     build_classification_train_loader,
     check_image_folder,
     resolve_image_folder,
 )
+from aw_detection.engine import Trainer
+from aw_detection.engine.setup import setup
+from aw_detection.errors import UserError
+from aw_detection.evaluation import write_eval_results
 
 __all__ = ["setup_classification", "ClassificationTrainer", "evaluate_classifier"]
 
@@ -55,12 +50,8 @@ def _apply_classes(cfg, classes, training, explicit_num_classes):
     cfg.MODEL.CLASS_NAMES = list(classes)
 
 
-def setup_classification(args):
-    """Config from the command line (--data-dir into DATASETS.IMAGE_FOLDER), the image folder
-    checked, classes taken from it, frozen, with Detectron2's default_setup."""
-    cfg = load_config(args.config_file, args.opts)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="aw_detection",
-                 abbrev_name="aw")
+def _prepare_classification_data(cfg, args):
+    """--data-dir into DATASETS.IMAGE_FOLDER, the image folder checked, classes taken from it."""
     if cfg.MODEL.META_ARCHITECTURE != "ImageClassifier":
         raise UserError(f"{args.config_file} is not a classification config (MODEL.META_ARCHITECTURE "
                         f"is {cfg.MODEL.META_ARCHITECTURE}); use one under configs/classification/")
@@ -68,15 +59,12 @@ def setup_classification(args):
         cfg.DATASETS.IMAGE_FOLDER = args.data_dir
     root = resolve_image_folder(cfg.DATASETS.IMAGE_FOLDER)
     classes = check_image_folder(root, check_headers=comm.get_local_rank() == 0)
-    opts = list(args.opts)[::2]
-    _apply_classes(cfg, classes, not args.eval_only, NUM_CLASSES_KEY in opts)
-    check_weights(cfg, args.eval_only, args.resume)
-    apply_torchvision_settings(cfg, explicit_keys=opts)
-    cfg.freeze()
-    default_setup(cfg, args)
-    if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
-    return cfg
+    _apply_classes(cfg, classes, not args.eval_only, NUM_CLASSES_KEY in list(args.opts)[::2])
+
+
+def setup_classification(args):
+    """:func:`aw_detection.engine.setup.setup` with the classification data."""
+    return setup(args, _prepare_classification_data)
 
 
 def evaluate_classifier(model, data_loader, num_classes):

@@ -4,13 +4,12 @@ import os
 
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from aw_detection.checkpoint.checkpointer import AWCheckpointer
-from aw_detection.data import num_classes, read_image
+from aw_detection.data import inference_resize, num_classes, read_image
 from aw_detection.errors import UserError
 
 __all__ = ["Predictor", "build_inference_model", "class_metadata", "list_images",
@@ -71,7 +70,7 @@ class Predictor(DefaultPredictor):
         self.cfg = cfg.clone()
         self.model = build_inference_model(self.cfg)
         self.metadata = class_metadata(self.cfg)
-        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        self.aug = inference_resize(cfg)
         self.input_format = cfg.INPUT.FORMAT
 
     def read(self, path):

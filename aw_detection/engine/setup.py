@@ -25,18 +25,24 @@ def check_weights(cfg, eval_only, resume):
         raise UserError(f"MODEL.WEIGHTS {weights} does not exist")
 
 
-def setup(args):
-    """Config from the command line, datasets validated and registered, classes taken from
-    the training set, frozen, with Detectron2's default_setup (output dir, logging, seed)."""
-    cfg = load_config(args.config_file, args.opts)
-    # Our messages (dataset checks, NUM_CLASSES) come before default_setup configures logging.
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="aw_detection",
-                 abbrev_name="aw")
+def _prepare_detection_data(cfg, args):
+    """Datasets validated and registered, classes taken from the training set."""
     cache = os.path.join(cfg.OUTPUT_DIR, "datasets")
     prepare_datasets(getattr(args, "dataset", []), cfg.DATASETS.TRAIN, cache, cfg.MODEL.MASK_ON)
     check_registered(cfg, training=not args.eval_only)
     apply_dataset_classes(cfg, training=not args.eval_only,
                           explicit_num_classes=num_classes(cfg)[0] in list(args.opts)[::2])
+
+
+def setup(args, prepare_data=_prepare_detection_data):
+    """Config from the command line, ``prepare_data(cfg, args)`` (detection: datasets
+    validated and registered, classes taken from the training set), weights checked, frozen,
+    with Detectron2's default_setup (output dir, logging, seed)."""
+    cfg = load_config(args.config_file, args.opts)
+    # Our messages (dataset checks, NUM_CLASSES) come before default_setup configures logging.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="aw_detection",
+                 abbrev_name="aw")
+    prepare_data(cfg, args)
     check_weights(cfg, args.eval_only, args.resume)
     apply_torchvision_settings(cfg, explicit_keys=list(args.opts)[::2])  # torchvision weights
     cfg.freeze()

@@ -6,6 +6,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 from fvcore.nn import parameter_count
 
+from aw_detection.data import image_size
 from aw_detection.layers import add_flop_handles
 
 __all__ = ["count_gflops", "model_statistics"]
@@ -66,8 +67,8 @@ def model_statistics(cfg, height=None, width=None, model=None):
     """{"params", "gflops", "backbone_gflops", "input": [h, w]}; the input defaults to the
     config's test size (MIN_SIZE_TEST x the matching 4:3 width, capped by MAX_SIZE_TEST)."""
     model = model or build_model(cfg)
-    height = height or cfg.INPUT.MIN_SIZE_TEST
-    width = width or min(round(height * 4 / 3), cfg.INPUT.MAX_SIZE_TEST)
+    if height is None:
+        height, width = image_size(cfg)
     gflops = count_gflops(model, height, width)
     return {"params": parameter_count(model)[""], "gflops": gflops["total"],
             "backbone_gflops": gflops["backbone"], "input": [height, width]}
