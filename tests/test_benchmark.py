@@ -1,4 +1,4 @@
-"""tools/benchmark.py and aw_detection.benchmark on tiny settings."""
+"""tools/benchmark.py and aw_detection.experiments.benchmark on tiny settings."""
 import json
 import os
 import signal
@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from aw_detection.benchmark import (
+from aw_detection.experiments.benchmark import (
     PeakMemoryError,
     _layer_step,
     aa_memory_benchmark,
@@ -93,7 +93,7 @@ def test_share_weights_gives_the_aw_model_the_baselines_proposals():
 def test_train_step_with_the_optimizer_runs_the_update_at_rate_0():
     from detectron2.modeling import build_model
 
-    from aw_detection.benchmark import _model_step, _optimizer
+    from aw_detection.experiments.benchmark import _model_step, _optimizer
 
     cfg = load_config(f"{DEMO}/shapes_R_18_FPN_aw.yaml",
                       ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",

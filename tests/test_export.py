@@ -18,7 +18,7 @@ from detectron2.structures import Boxes, Instances
 from aw_detection.config import load_config
 from aw_detection.data import read_image
 from aw_detection.errors import UserError
-from aw_detection.benchmark import export_benchmark
+from aw_detection.experiments.benchmark import export_benchmark
 from aw_detection.export import (ExportError, compare_outputs, export, export_model, image_tensor,
                                  load_exported, output_names, traceable_model)
 from aw_detection.layers import AWConv2d
@@ -295,7 +295,7 @@ def test_cli_errors_are_clear(tmp_path):
 
 def test_export_benchmark_rows(monkeypatch):
     """Eager, TorchScript and onnxruntime rows, timed interleaved with the requested clock."""
-    from aw_detection import benchmark
+    from aw_detection.experiments import benchmark
 
     timed, real = [], benchmark.time_interleaved
 

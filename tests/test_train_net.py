@@ -14,7 +14,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
 
-from aw_detection.benchmark import synthetic_batch
+from aw_detection.experiments.benchmark import synthetic_batch
 from aw_detection.config import load_config, load_run_config
 from aw_detection.engine.trainer import CPUAutocastTrainer
 from aw_detection.engine.hooks import AttentionStats

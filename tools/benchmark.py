@@ -18,9 +18,9 @@ from tabulate import tabulate
 
 import aw_detection  # noqa: F401  (registers backbones)
 from aw_detection.engine.allocator import reuse_freed_memory
-from aw_detection.benchmark import CLOCKS, aa_memory_benchmark, layer_benchmark, model_benchmark
+from aw_detection.experiments.benchmark import CLOCKS, aa_memory_benchmark, layer_benchmark, model_benchmark
 from aw_detection.config import load_config
-from aw_detection.gpu_benchmark import gpu_benchmark
+from aw_detection.experiments.gpu_benchmark import gpu_benchmark
 from aw_detection.layers.aw_conv import BATCHED_PATH, PATHS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,8 +103,8 @@ def main():
             cfg = load_config(path, args.opts)
             cfg.MODEL.DEVICE = device
             named.append((os.path.splitext(os.path.basename(path))[0], cfg))
-        if args.task == "export":  # the logic and table live in aw_detection.benchmark
-            from aw_detection.benchmark import export_benchmark, export_benchmark_table
+        if args.task == "export":  # the logic and table live in aw_detection.experiments.benchmark
+            from aw_detection.experiments.benchmark import export_benchmark, export_benchmark_table
 
             rows = export_benchmark(named, args.iters, args.batch_size, clock=args.clock)
             print(f"{header}\n{export_benchmark_table(rows)}")

@@ -11,7 +11,7 @@ import os
 import sys
 
 import aw_detection  # noqa: F401  (registers backbones for the model statistics)
-from aw_detection.evaluation import compare_runs, group_by_config, load_run, write_comparison
+from aw_detection.experiments.compare import compare_runs, group_by_config, load_run, write_comparison
 
 
 def main(argv=None):

@@ -169,7 +169,7 @@ def layer_benchmark(batch_sizes=(1, 2, 4), iters=10, device="cpu", attention_gro
     requires grad (its gradient is computed, as for every layer but the first) and the
     parameter gradients start from None, as after ``zero_grad()``. ``paths`` adds rows with
     a forced formulation (None: the default policy; "triton": the fused kernel)."""
-    from .layers import AWConv2d
+    from aw_detection.layers import AWConv2d
 
     rows = []
     for stage, c, h, w in shapes:
@@ -207,7 +207,7 @@ def _layer_step(layer, x, inference):
 
 
 def _make_aa_step(channels, h, w, impl, device="cpu"):
-    from .layers import AAConv2d, relative_logits_2d_naive
+    from aw_detection.layers import AAConv2d, relative_logits_2d_naive
 
     torch.manual_seed(0)
     layer = AAConv2d(channels, channels, 3, heads=8, max_size=max(h, w),
@@ -252,7 +252,7 @@ def synthetic_batch(cfg, batch_size, train, seed=0, size=None):
     every model compared, without needing the dataset on disk."""
     from detectron2.structures import BitMasks, Boxes, Instances
 
-    from .data import image_size
+    from aw_detection.data import image_size
 
     gen = torch.Generator().manual_seed(seed)
     retinanet = cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
@@ -316,7 +316,7 @@ def _optimizer(cfg, model):
     """The config's optimizer (Detectron2's, with its parameter groups) at learning rate 0: the
     update costs what it costs in training, and the weights stay, so a model with random weights
     on random images cannot diverge and the candidates keep the same proposals."""
-    from .engine import Trainer
+    from aw_detection.engine import Trainer
 
     cfg = cfg.clone()
     cfg.defrost()
@@ -340,7 +340,7 @@ def model_benchmark(named_cfgs, task="inference", iters=10, batch_size=1, memory
     only): the step ends with the config's optimizer update, as Detectron2's trainer's does. The timed candidates share the first one's weights (``share_weights``);
     the peak-memory child builds its model alone, with its own random weights, and its peak
     includes the optimizer's state."""
-    from .evaluation.statistics import model_statistics
+    from aw_detection.evaluation.statistics import model_statistics
 
     from detectron2.modeling import build_model
 
@@ -379,7 +379,7 @@ def export_benchmark(named_cfgs, iters=10, batch=1, warmup=2, clock="wall"):
     config's eager model."""
     from detectron2.modeling import build_model
 
-    from .export import export_model, load_exported, traceable_model
+    from aw_detection.export import export_model, load_exported, traceable_model
 
     steps, rows = {}, []
     with tempfile.TemporaryDirectory(prefix="aw_export_bench") as tmp:

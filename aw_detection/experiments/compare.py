@@ -10,7 +10,7 @@ import math
 import os
 import statistics
 
-from .results import read_eval_results, read_metrics_log
+from aw_detection.evaluation.results import read_eval_results, read_metrics_log
 
 __all__ = ["METRICS", "load_run", "compare_runs", "group_by_config", "write_comparison"]
 
@@ -34,8 +34,8 @@ def _model_identity(cfg):
 
 def load_run(run_dir, dataset=None, with_model_stats=True):
     """One run as a flat dict: name, metrics, params, gflops, train/inference seconds."""
-    from .statistics import model_statistics
-    from ..config import load_config
+    from aw_detection.evaluation.statistics import model_statistics
+    from aw_detection.config import load_config
 
     results = read_eval_results(run_dir)
     dataset = dataset or next(iter(results))

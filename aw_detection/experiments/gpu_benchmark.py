@@ -18,9 +18,9 @@ import time
 import torch
 from tabulate import tabulate
 
-from .benchmark import (RESNET50_3X3_SHAPES, _model_step, layer_benchmark, share_weights,
+from aw_detection.experiments.benchmark import (RESNET50_3X3_SHAPES, _model_step, layer_benchmark, share_weights,
                         synthetic_batch, time_interleaved)
-from .config import load_config
+from aw_detection.config import load_config
 
 __all__ = ["GOALS", "gpu_benchmark"]
 
@@ -81,7 +81,7 @@ def _arms(arms, config_prefix, opts):
 def _first_step(model, step, device):
     """Runs one step (the warm-up's first): (peak MiB, the AWConv2d formulations it ran). The
     peak (CUDA) is the memory above what was allocated before the step, plus the parameters."""
-    from .layers import AWConv2d
+    from aw_detection.layers import AWConv2d
 
     paths = set()
     hooks = [m.register_forward_pre_hook(lambda m, args: paths.add(m.conv_path(args[0])))
@@ -152,7 +152,7 @@ def _layer_rows(preset, device):
 def triton_faster(layer_rows, shapes=RESNET50_3X3_SHAPES):
     """TRITON_FASTER keys (``AWConv2d.triton_shape``) of the layers where the fused kernel was
     faster than the default formulation at every batch size measured."""
-    from .layers import AWConv2d
+    from aw_detection.layers import AWConv2d
 
     faster = []
     for stage, c, _, _ in shapes:
