@@ -24,7 +24,7 @@ def _promised(name, depth):
     """Layer counts a config name promises: AW (any G) on every 3x3 conv of res3-res5, AA on
     those of res5, SE/CBAM on every block of res3-res5 (one 3x3 per bottleneck, two per basic
     block)."""
-    tokens = set(re.sub(r"^.*?_R_\d+(_FPN)?(_[13]x)?", "", name).strip("_").replace("aw_lite", "awlite").split("_")) - {""}
+    tokens = set(re.sub(r"^.*?_R_\d+(_FPN|_C4)?(_[13]x)?", "", name).strip("_").replace("aw_lite", "awlite").split("_")) - {""}
     assert tokens <= {"aw", "awlite", "se", "cbam", "aa"}, f"unknown variant in {name}: {tokens}"
     blocks = BLOCKS[depth]
     convs = 2 if depth in (18, 34) else 1

@@ -6,3 +6,4 @@ from .backbone import (
     build_aw_retinanet_resnet_fpn_backbone,
 )
 from .classifier import ImageClassifier
+from .roi_heads import AttentionRes5ROIHeads

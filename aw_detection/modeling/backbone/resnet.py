@@ -29,7 +29,8 @@ from ...layers import create_act_attention
 from ...layers.aw_conv import KERNELS
 from .blocks import AttentionBasicBlock, AttentionBottleneckBlock
 
-__all__ = ["attention_defaults", "attention_resnet", "build_aw_resnet_backbone", "resnet_arguments"]
+__all__ = ["attention_defaults", "attention_resnet", "build_aw_resnet_backbone", "resnet_arguments",
+           "stage_attention"]
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3],
@@ -125,6 +126,33 @@ def _stage_attention(aw, aa, act_attention, stage):
     return kwargs
 
 
+def stage_attention(cfg, stage):
+    """Block kwargs for the attention a YAML config asks for in ``stage`` ({} for none),
+    the settings checked."""
+    aw, aa, act = (_settings(arg, _section(cfg, arg)) for arg in ATTENTION_SECTIONS)
+    _check_stages(aw, aa, act, cfg.MODEL.BACKBONE.FREEZE_AT)
+    return _stage_attention(aw, aa, act, stage)
+
+
+# The keys that name a stage for each kind of attention (for refusals).
+STAGE_KEYS = {"aw": "MODEL.AW.STAGES", "aa": "MODEL.AA.STAGES",
+              "act_attention": "MODEL.ACT_ATTENTION.STAGES"}
+
+
+def _check_res5_is_built(cfg, out_features):
+    """A C4 model's res5 runs in its ROI head: attention asked for there needs ours."""
+    if "res5" in out_features or cfg.MODEL.get("ROI_HEADS", {}).get("NAME") == "AttentionRes5ROIHeads":
+        return
+    asked = stage_attention(cfg, "res5")
+    if asked:
+        keys = sorted({STAGE_KEYS["act_attention" if k.startswith("act") else k] for k in asked})
+        head = cfg.MODEL.ROI_HEADS.NAME
+        fix = ("set MODEL.ROI_HEADS.NAME AttentionRes5ROIHeads" if head == "Res5ROIHeads"
+               else "remove res5 from it")
+        raise ConfigError(f"{', '.join(keys)} has res5, which this backbone does not build "
+                          f"(MODEL.RESNETS.OUT_FEATURES={list(out_features)}, ROI head {head}): {fix}")
+
+
 def attention_resnet(*, depth=50, in_channels=3, stem_out_channels=64, res2_out_channels=256,
                      num_groups=1, width_per_group=64, stride_in_1x1=True, res5_dilation=1,
                      norm="FrozenBN", deform_on_per_stage=(False, False, False, False),
@@ -174,7 +202,12 @@ def attention_resnet(*, depth=50, in_channels=3, stem_out_channels=64, res2_out_
                           dilation=dilation, num_groups=num_groups)
         attention = _stage_attention(aw, aa, act_attention, stage)
         if attention and deform_on_per_stage[idx]:
-            raise ConfigError(f"{stage}: deformable conv and attention cannot share a stage")
+            deform = [name for name, on in zip(STAGE_NAMES, deform_on_per_stage) if on]
+            raise ConfigError(
+                f"{stage}: deformable conv and attention cannot share a stage (the fused "
+                f"modulation has no deformable form). MODEL.RESNETS.DEFORM_ON_PER_STAGE puts "
+                f"deformable conv in {deform}: keep it only in stages without attention "
+                f"(remove {stage} from MODEL.AW/AA/ACT_ATTENTION.STAGES) or turn it off there")
         if attention:
             kwargs["block_class"] = AttentionBasicBlock if basic else AttentionBottleneckBlock
             kwargs.update(attention)
@@ -216,4 +249,5 @@ def resnet_arguments(cfg, input_shape):
 @BACKBONE_REGISTRY.register()
 def build_aw_resnet_backbone(cfg, input_shape: ShapeSpec):
     """Detectron2's ResNet with attention blocks in the configured stages (YAML configs)."""
+    _check_res5_is_built(cfg, cfg.MODEL.RESNETS.OUT_FEATURES)
     return attention_resnet(**resnet_arguments(cfg, input_shape))
