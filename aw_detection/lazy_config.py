@@ -70,8 +70,11 @@ def load_lazy_config(config_file, overrides=()):
     for override in overrides:
         if "=" not in override:
             raise UserError(f"override {override!r}: write KEY=VALUE, e.g. train.max_iter=100")
-        _check_override_key(cfg, override.split("=", 1)[0].lstrip("+"))
+        key = override.split("=", 1)[0].lstrip("+")
+        if key != "variant":  # not a config key: chooses from the file's variants
+            _check_override_key(cfg, key)
     cfg = LazyConfig.apply_overrides(cfg, list(overrides))
+    _apply_variant(cfg, config_file)
     train = cfg.get("train")
     if train is not None and str(train.get("device", "cpu")).startswith("cuda") \
             and not torch.cuda.is_available():
@@ -79,6 +82,21 @@ def load_lazy_config(config_file, overrides=()):
                        "running on CPU")
         train.device = "cpu"
     return cfg
+
+
+def _apply_variant(cfg, config_file):
+    """``variant=NAME``: the settings ``variants[NAME]`` merged into the backbone's attention
+    (configs/common/variants.py); merging again (a saved config.yaml) changes nothing."""
+    name = cfg.get("variant")
+    if not name:
+        return
+    variants = cfg.get("variants") or {}
+    if name not in variants:
+        raise UserError(f"variant={name}: {config_file} has the variants {sorted(variants)}")
+    bottom_up = cfg.model.backbone.bottom_up
+    for section, settings in variants[name].items():
+        for key, value in settings.items():
+            bottom_up[section][key] = value
 
 
 def lazy_dataset_names(loader):

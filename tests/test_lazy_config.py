@@ -1,5 +1,6 @@
-"""LazyConfig: every .py config builds the model of its YAML twin, with the same schedule and
-data settings, and trains with tools/lazyconfig_train_net.py."""
+"""LazyConfig: one .py file per detector family, depth and schedule; `variant=NAME` picks the
+attention. Every YAML detector config has such a twin, which builds its model with the same
+schedule and data settings and trains with tools/lazyconfig_train_net.py."""
 import glob
 import json
 import numbers
@@ -25,11 +26,18 @@ from .conftest import ROOT, run_tool
 from .test_detectors import activate_attention
 
 CONFIGS = os.path.join(ROOT, "configs")
-TWINS = sorted(p for p in glob.glob(f"{CONFIGS}/**/*.py", recursive=True) if "/common/" not in p)
+YAMLS = sorted(glob.glob(f"{CONFIGS}/COCO-*/*_FPN_*.yaml") + glob.glob(f"{CONFIGS}/demo/*.yaml"))
+_FAMILY = re.compile(r"(.*(?:_FPN_\dx|shapes_R_18_FPN|shapes_retinanet_R_18_FPN))(?:_(\w+))?\.yaml$")
 # Instantiated in full (on the meta device: no memory, no initialisation cost): the demo
-# twins, every COCO variant at R-50 1x and every COCO baseline. The other COCO variants are
-# checked to be those baselines plus the same lines (test_every_variant_twin_...).
-BUILT = [p for p in TWINS if "/demo/" in p or "_R_50_FPN_1x" in p or re.search(r"FPN_\dx\.py$", p)]
+# configs, every COCO variant at R-50 1x and every COCO baseline. The variants merge through
+# the same code at every depth and schedule.
+BUILT = [p for p in YAMLS if "/demo/" in p or "_R_50_FPN_1x" in p or re.search(r"FPN_\dx\.yaml$", p)]
+
+
+def twin(yaml_path):
+    """(the family's .py file, overrides) that make the LazyConfig twin of a YAML config."""
+    family, variant = _FAMILY.match(yaml_path).groups()
+    return family + ".py", [f"variant={variant}"] if variant else []
 
 
 def _rel(path):
@@ -37,8 +45,13 @@ def _rel(path):
 
 
 def test_every_detector_yaml_config_has_a_lazy_twin():
-    yamls = sorted(glob.glob(f"{CONFIGS}/COCO-*/*.yaml") + glob.glob(f"{CONFIGS}/demo/*.yaml"))
-    assert len(yamls) == 124 and [p[:-5] for p in yamls] == [p[:-3] for p in TWINS]
+    assert len(YAMLS) == 124
+    families = sorted(glob.glob(f"{CONFIGS}/COCO-*/*.py") + glob.glob(f"{CONFIGS}/demo/*.py"))
+    assert sorted({twin(p)[0] for p in YAMLS}) == families and len(families) == 14
+    for path in YAMLS:
+        load_lazy_config(*twin(path))  # an unknown variant is refused
+    with pytest.raises(UserError, match=r"variant=aw_lite: .*shapes_R_18_FPN.py has the variants \['aa', "):
+        load_lazy_config(f"{CONFIGS}/demo/shapes_R_18_FPN.py", ["variant=aw_lite"])
 
 
 _SKIP = object()
@@ -79,15 +92,15 @@ def module_settings(model):
     return out
 
 
-def _yaml_model(py, device, opts=()):
-    return build_model(load_config(py[:-3] + ".yaml", ["MODEL.DEVICE", device, *opts]))
+def _yaml_model(path, device, opts=()):
+    return build_model(load_config(path, ["MODEL.DEVICE", device, *opts]))
 
 
-@pytest.mark.parametrize("py", BUILT, ids=_rel)
-def test_lazy_twin_builds_the_yaml_model(py):
-    lazy = LazyConfig.load(py)
+@pytest.mark.parametrize("path", BUILT, ids=_rel)
+def test_lazy_twin_builds_the_yaml_model(path):
+    lazy = load_lazy_config(*twin(path))
     with torch.device("meta"):
-        ours, yaml_model = instantiate(lazy.model), _yaml_model(py, "meta")
+        ours, yaml_model = instantiate(lazy.model), _yaml_model(path, "meta")
     assert type(ours) is type(yaml_model)
     assert {k: v.shape for k, v in ours.state_dict().items()} == \
         {k: v.shape for k, v in yaml_model.state_dict().items()}
@@ -95,26 +108,6 @@ def test_lazy_twin_builds_the_yaml_model(py):
     # The same parameters train (FREEZE_AT, frozen norms); shapes alone would not show it.
     assert {k: p.requires_grad for k, p in ours.named_parameters()} == \
         {k: p.requires_grad for k, p in yaml_model.named_parameters()}
-
-
-def _body(path):
-    lines = open(path).read().splitlines()
-    return [line for line in lines if line and not line.startswith(("#", "from "))]
-
-
-def test_every_variant_twin_is_its_baseline_plus_the_r50_1x_lines():
-    pattern = re.compile(r"(.*/(\w+)_R_(\d+)_FPN_(\dx))(_\w+)\.py$")
-    checked = 0
-    for py in TWINS:
-        match = pattern.match(py)
-        if not match or py in BUILT:
-            continue
-        base, detector, variant = match.group(1), match.group(2), match.group(5)
-        assert f"from .{os.path.basename(base)} import" in open(py).read(), py
-        r50 = f"{os.path.dirname(py)}/{detector}_R_50_FPN_1x{variant}.py"
-        assert _body(py) == _body(r50), py
-        checked += 1
-    assert checked == 3 * 3 * 8  # detectors x (R-50 3x, R-101 1x, R-101 3x) x variants
 
 
 def _scheduler_values(cfg, lazy):
@@ -129,8 +122,7 @@ def _scheduler_values(cfg, lazy):
             [lazy_schedule(i / lazy.train.max_iter) for i in points])
 
 
-@pytest.mark.parametrize("py", [p for p in TWINS if re.search(r"(FPN_\dx|shapes_\w*R_18_FPN)\.py$", p)],
-                         ids=_rel)
+@pytest.mark.parametrize("py", sorted({twin(p)[0] for p in YAMLS}), ids=_rel)
 def test_lazy_twin_has_the_yaml_schedule_and_data(py):
     cfg = load_config(py[:-3] + ".yaml")
     lazy = LazyConfig.load(py)
@@ -168,12 +160,12 @@ def _no_score_threshold(model):
     ("COCO-Detection/retinanet_R_50_FPN_1x_aa", (128, 160)),
 ])
 def test_lazy_twin_computes_what_the_yaml_model_computes(name, size):
-    py = f"{CONFIGS}/{name}.py"
+    path = f"{CONFIGS}/{name}.yaml"
     torch.manual_seed(0)
-    yaml_model = _no_score_threshold(_yaml_model(py, "cpu"))
+    yaml_model = _no_score_threshold(_yaml_model(path, "cpu"))
     image = torch.rand(3, *size, generator=torch.Generator().manual_seed(1)) * 255
     activate_attention(yaml_model, [{"image": image}])  # A != 0
-    lazy_model = _no_score_threshold(instantiate(LazyConfig.load(py).model)).eval()
+    lazy_model = _no_score_threshold(instantiate(load_lazy_config(*twin(path)).model)).eval()
     lazy_model.load_state_dict(yaml_model.state_dict())  # strict
     with torch.no_grad():
         tensor = yaml_model.preprocess_image([{"image": image}]).tensor
@@ -204,9 +196,10 @@ def test_lazy_class_count_must_match_the_training_set(tiny_shapes, config, key):
     if "tiny_train" not in DatasetCatalog.list():
         prepare_datasets(tiny_shapes["args"][1::2], (), None)
     names = ["dataloader.train.dataset.names=tiny_train", "dataloader.test.dataset.names=tiny_val"]
-    cfg = load_lazy_config(f"{CONFIGS}/demo/{config}.py", names)
+    py, variant = twin(f"{CONFIGS}/demo/{config}.yaml")
+    cfg = load_lazy_config(py, [*variant, *names])
     check_lazy_datasets(cfg)  # 5 classes, as the shapes data
-    cfg = load_lazy_config(f"{CONFIGS}/demo/{config}.py", [*names, f"{key}=3"])
+    cfg = load_lazy_config(py, [*variant, *names, f"{key}=3"])
     with pytest.raises(UserError, match=rf"{key}=3 but dataset tiny_train has 5 categories; "
                                         rf"add the override {key}=5"):
         check_lazy_datasets(cfg)
@@ -216,8 +209,8 @@ def test_lazy_training_and_the_yaml_twin_agree(tiny_shapes, tmp_path):
     """A few iterations with tools/lazyconfig_train_net.py; the checkpoint then evaluates to
     the same AP through the YAML twin and tools/train_net.py (strict loading: same names)."""
     lazy_out, yaml_out = str(tmp_path / "lazy"), str(tmp_path / "yaml")
-    run_tool("lazyconfig_train_net.py", "--config-file", f"{CONFIGS}/demo/shapes_R_18_FPN_aa_aw.py",
-             *tiny_shapes["args"], "dataloader.train.dataset.names=tiny_train",
+    run_tool("lazyconfig_train_net.py", "--config-file", f"{CONFIGS}/demo/shapes_R_18_FPN.py",
+             *tiny_shapes["args"], "variant=aa_aw", "dataloader.train.dataset.names=tiny_train",
              "dataloader.test.dataset.names=tiny_val", "dataloader.train.num_workers=0",
              "dataloader.test.num_workers=0", "train.max_iter=3", f"train.output_dir={lazy_out}",
              "model.roi_heads.box_predictor.test_score_thresh=0.0")

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train or evaluate a LazyConfig (.py) model, as Detectron2's tools/lazyconfig_train_net.py.
 
-    tools/lazyconfig_train_net.py --config-file configs/COCO-Detection/retinanet_R_50_FPN_1x_aa.py
-    tools/lazyconfig_train_net.py --config-file configs/demo/shapes_R_18_FPN_aw.py train.max_iter=100
+    tools/lazyconfig_train_net.py --config-file configs/COCO-Detection/retinanet_R_50_FPN_1x.py variant=aa
+    tools/lazyconfig_train_net.py --config-file configs/demo/shapes_R_18_FPN.py variant=aw train.max_iter=100
     tools/lazyconfig_train_net.py --config-file CFG --eval-only train.init_checkpoint=out/model_final.pth
     tools/lazyconfig_train_net.py --config-file CFG --dataset mine_train=a.json:imgs \\
         --dataset mine_val=b.json:imgs dataloader.train.dataset.names=mine_train \\

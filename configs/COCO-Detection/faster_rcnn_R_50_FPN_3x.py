@@ -1,5 +1,5 @@
 # Twin of faster_rcnn_R_50_FPN_3x.yaml.
 from ..common.coco_schedule import lr_multiplier_3x as lr_multiplier
-from .faster_rcnn_R_50_FPN_1x import dataloader, model, optimizer, train
+from .faster_rcnn_R_50_FPN_1x import dataloader, model, optimizer, train, variants
 
 train.max_iter = 270000

@@ -5,6 +5,7 @@ from ..common.data.coco import dataloader
 from ..common.models.retinanet import model
 from ..common.optim import SGD as optimizer
 from ..common.train import train
+from ..common.variants import variants  # noqa: F401  (variant=NAME on the command line)
 
 dataloader.train.mapper.use_instance_mask = False
 model.backbone.bottom_up.freeze_at = 2

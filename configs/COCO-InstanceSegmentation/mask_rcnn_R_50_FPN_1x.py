@@ -5,6 +5,7 @@ from ..common.data.coco import dataloader
 from ..common.models.mask_rcnn_fpn import model
 from ..common.optim import SGD as optimizer
 from ..common.train import train
+from ..common.variants import variants  # noqa: F401  (variant=NAME on the command line)
 
 model.backbone.bottom_up.freeze_at = 2
 train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"

@@ -11,6 +11,15 @@ from ..common.data.coco import dataloader
 from ..common.models.faster_rcnn_fpn import model
 from ..common.optim import AdamW as optimizer
 from ..common.train import train
+from ..common.variants import variants as _coco_variants
+
+# variant=NAME as for the COCO configs, with the demo YAMLs' AW-lite: 16 rows (8 with AA, whose
+# conv branch in res5 has 456 filters); see shapes_R_18_FPN_aw.yaml.
+variants = {name: {section: dict(settings) for section, settings in v.items()}
+            for name, v in _coco_variants.items() if name != "aw_lite"}
+for name in ("aw", "se_aw", "cbam_aw"):
+    variants[name]["aw"]["attention_groups"] = 16
+variants["aa_aw"]["aw"]["attention_groups"] = 8
 
 # From scratch on CPU: ResNet-18, GroupNorm everywhere, a 4conv1fc box head, 64-wide FPN.
 model.pixel_std = [57.375, 57.120, 58.395]  # unit-variance input: no pretrained weights

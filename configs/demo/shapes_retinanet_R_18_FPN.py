@@ -4,7 +4,7 @@
 from detectron2.layers import ShapeSpec
 
 from ..common.models.retinanet import model
-from .shapes_R_18_FPN import dataloader, lr_multiplier, optimizer, train
+from .shapes_R_18_FPN import dataloader, lr_multiplier, optimizer, train, variants
 
 model.pixel_std = [57.375, 57.120, 58.395]  # unit-variance input: no pretrained weights
 model.backbone.bottom_up.depth = 18

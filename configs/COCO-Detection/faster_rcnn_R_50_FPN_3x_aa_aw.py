@@ -1,5 +1,0 @@
-# Twin of faster_rcnn_R_50_FPN_3x_aa_aw.yaml.
-from .faster_rcnn_R_50_FPN_3x import dataloader, lr_multiplier, model, optimizer, train
-
-model.backbone.bottom_up.aa.enabled = True
-model.backbone.bottom_up.aw.enabled = True  # res3-res5; in res5 the AA conv branch is AW

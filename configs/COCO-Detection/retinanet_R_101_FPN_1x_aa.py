@@ -1,4 +1,0 @@
-# Twin of retinanet_R_101_FPN_1x_aa.yaml.
-from .retinanet_R_101_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
-
-model.backbone.bottom_up.aa.enabled = True  # res5 by default

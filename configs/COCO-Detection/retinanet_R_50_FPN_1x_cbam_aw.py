@@ -1,5 +1,0 @@
-# Twin of retinanet_R_50_FPN_1x_cbam_aw.yaml.
-from .retinanet_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
-
-model.backbone.bottom_up.aw.enabled = True
-model.backbone.bottom_up.act_attention.type = "CBAM"
