@@ -13,7 +13,7 @@ from scipy import stats
 from aw_detection.config import load_config
 from aw_detection.engine import Trainer
 from aw_detection.errors import UserError
-from aw_detection.study import load_spec, paired_interval, t_interval, welch_interval
+from aw_detection.experiments.study import load_spec, paired_interval, t_interval, welch_interval
 
 from .conftest import DEMO_CONFIG, ROOT, TINY_OPTS, run_tool
 
@@ -170,7 +170,7 @@ def test_study_reuses_resumes_and_refuses(tiny_study):
 
 
 def test_study_rows_carry_further_test_sets_and_the_attention(tmp_path):
-    from aw_detection.study import _attention, read_metrics
+    from aw_detection.experiments.study import _attention, read_metrics
 
     results = {"shapes_val": {"bbox": {"AP": 10.0, "AP50": 20.0}},
                "shapes_train_eval": {"bbox": {"AP": 12.5}}}

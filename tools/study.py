@@ -17,7 +17,7 @@ import sys
 import time
 
 from aw_detection.engine.cli import user_errors
-from aw_detection.study import (ROOT, collect_results, included_seeds, load_spec, plan_runs,
+from aw_detection.experiments.study import (ROOT, collect_results, included_seeds, load_spec, plan_runs,
                                 run_study, write_report)
 
 
@@ -54,7 +54,7 @@ def main():
             pretrain, arms = plan_runs(spec, output, args.opts,
                                        [s for s in spec["seeds"] if s not in included])
         if args.dry_run:
-            from aw_detection.study import run_state
+            from aw_detection.experiments.study import run_state
             for run in pretrain + arms:
                 print(f"[{run_state(run)}] {' '.join(shlex.quote(a) for a in run['args'])}")
             return

@@ -28,7 +28,6 @@ Runs go to ``<output>/<arm>/seed<k>`` (Detectron2 OUTPUT_DIRs). Each records its
 its last checkpoint, and one made with another command is refused (``--force`` retrains).
 """
 import json
-import math
 import os
 import re
 import statistics
@@ -38,15 +37,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import yaml
+from scipy import stats
 
-from .errors import UserError
-from .evaluation.results import read_metrics_log
+from aw_detection.errors import UserError
+from aw_detection.evaluation.results import read_metrics_log
 
 __all__ = ["load_spec", "plan_runs", "run_study", "collect_results", "included_seeds", "summarize",
            "paired_interval", "welch_interval", "t_interval", "write_report"]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = {"detection": "train_net.py", "classification": "train_classification.py"}
+# Spec paths (configs) are relative to the project checkout the package lives in.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The runs' entry points, by module: they work from a checkout and from an installed package.
+MODULES = {"detection": "aw_detection.engine.train_net",
+           "classification": "aw_detection.engine.train_classification"}
 METRICS = {"detection": ["AP", "AP50", "AP75", "APs", "APm", "APl"],
            "classification": ["top1", "top5"]}
 SPEC_KEYS = {"name", "title", "description", "seeds", "baseline", "opts", "detection_args",
@@ -127,8 +130,8 @@ def load_spec(path):
             raise UserError(f"{where} must be a mapping with 'name' and 'config'")
         _unknown(arm, ARM_KEYS, where)
         task = arm.get("task", "detection")
-        if task not in TOOLS:
-            raise UserError(f"{where}: task must be one of {list(TOOLS)}, got {task!r}")
+        if task not in MODULES:
+            raise UserError(f"{where}: task must be one of {list(MODULES)}, got {task!r}")
         if arm.get("pretrain") is not None and arm["pretrain"] not in pretrain:
             raise UserError(f"{where}: pretrain {arm['pretrain']!r} is not under 'pretrain' "
                             f"(has {sorted(pretrain)})")
@@ -169,7 +172,7 @@ def _command(task, config, args, opts, seed, output_dir, weights=None):
     subst = [a.replace("{seed}", str(seed)) for a in args]
     opts = [o.replace("{seed}", str(seed)) for o in opts]
     weights = ["MODEL.WEIGHTS", weights] if weights else []
-    return [os.path.join("tools", TOOLS[task]), "--config-file", _relative(config), *subst,
+    return ["-m", MODULES[task], "--config-file", _relative(config), *subst,
             *weights, *opts, "SEED", str(seed), "OUTPUT_DIR", output_dir]
 
 
@@ -217,12 +220,18 @@ def _write_record(run, status, seconds=None):
         json.dump({"args": run["args"], "status": status, "seconds": seconds}, f, indent=1)
 
 
+def _arguments(command):
+    """A run's arguments without how it was launched (``-m module``; records written before
+    runs were launched by module begin with a tools/ script)."""
+    return command[command.index("--config-file"):]
+
+
 def run_state(run):
     """"finished", "partial" (resumable), "new", or "other" (made with another command)."""
     record = _record(run)
     if record is None:
         return "new"
-    if record["args"] != run["args"]:
+    if _arguments(record["args"]) != _arguments(run["args"]):
         return "other"
     if record["status"] == "finished":
         return "finished"
@@ -238,7 +247,7 @@ def _train(run, threads, log):
     state = run_state(run)
     args = list(run["args"])
     if state == "partial":  # a flag: before the trailing KEY VALUE overrides
-        args.insert(1, "--resume")
+        args.insert(args.index("--config-file"), "--resume")
     if state == "partial":
         log(f"{_label(run)}: resuming from its last checkpoint")
     _write_record(run, "started")
@@ -420,26 +429,23 @@ def collect_results(pretrain, arms):
 # --------------------------------------------------------------------------- statistics
 
 
-def _t_quantile(confidence, dof):
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + confidence / 2, dof))
-
-
 def t_interval(values, confidence=0.95):
     """(mean, low, high) of the t-interval for the mean; low/high None for fewer than 2 values."""
     values = list(values)
     mean = statistics.mean(values)
     if len(values) < 2:
         return mean, None, None
-    half = _t_quantile(confidence, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
+    if len(set(values)) == 1:  # no spread: scipy's interval would be nan
+        return mean, mean, mean
+    ci = stats.ttest_1samp(values, 0.0).confidence_interval(confidence)
+    return mean, float(ci.low), float(ci.high)
 
 
 def paired_interval(base, other, confidence=0.95):
     """Paired difference other - base over the seeds both have ({seed: value} each):
     {"mean", "low", "high", "n", "sd", "p", "per_seed", "above"}. The t-interval of the
-    per-seed differences: seed-to-seed variation common to both arms cancels."""
+    per-seed differences (scipy's paired t-test): seed-to-seed variation common to both arms
+    cancels."""
     seeds = sorted(set(base) & set(other))
     diffs = {s: other[s] - base[s] for s in seeds}
     if not seeds:
@@ -448,10 +454,8 @@ def paired_interval(base, other, confidence=0.95):
     sd = statistics.stdev(diffs.values()) if len(seeds) > 1 else None
     p = None
     if sd is not None:
-        from scipy.stats import t
-
-        p = 1.0 if sd == 0 and mean == 0 else (
-            0.0 if sd == 0 else float(2 * t.sf(abs(mean) / (sd / math.sqrt(len(seeds))), len(seeds) - 1)))
+        p = (1.0 if mean == 0 else 0.0) if sd == 0 else float(
+            stats.ttest_rel([other[s] for s in seeds], [base[s] for s in seeds]).pvalue)
     return {"mean": mean, "low": low, "high": high, "n": len(seeds), "sd": sd, "p": p,
             "per_seed": diffs, "above": sum(d > 0 for d in diffs.values())}
 
@@ -461,13 +465,11 @@ def welch_interval(base, other, confidence=0.95):
     a, b = list(base), list(other)
     if len(a) < 2 or len(b) < 2:
         return None
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     mean = statistics.mean(b) - statistics.mean(a)
-    if va + vb == 0:
+    if statistics.variance(a) + statistics.variance(b) == 0:
         return {"mean": mean, "low": mean, "high": mean}
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = _t_quantile(confidence, dof) * math.sqrt(va + vb)
-    return {"mean": mean, "low": mean - half, "high": mean + half}
+    ci = stats.ttest_ind(b, a, equal_var=False).confidence_interval(confidence)
+    return {"mean": mean, "low": float(ci.low), "high": float(ci.high)}
 
 
 def _mean_std(values):
