@@ -195,7 +195,7 @@ def export_model(adapter, images, fmt, output_dir):
                 raise ExportError(
                     f"ONNX cannot express this model: {first.split('[Caused by')[0].strip()}"
                     f"{f' (at {where.group(1)})' if where else ''}. --format torchscript exports "
-                    "it; the README's export section lists what ONNX does not support") from e
+                    "it; docs/DEPLOYMENT.md lists what ONNX does not support") from e
             import onnx
 
             onnx.checker.check_model(path)

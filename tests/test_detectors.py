@@ -462,9 +462,9 @@ def test_tracing(detector, mode):
         if detector == "mask_rcnn":
             assert ours.pred_masks.shape[-2:] == ((28, 28) if mode != "postprocessed" else ref.image_size)
         if detector == "mask_rcnn" and mode == "postprocessed":
-            # Pasted masks are thresholded: eager pads AW-full's generator product and the
-            # trace does not (README "Generator layout"), so a pixel whose mask probability
-            # is within rounding of 0.5 may flip.
+            # Pasted masks are thresholded: eager and traced batched runs take different
+            # convolution formulations, so a pixel whose mask probability is within rounding
+            # of 0.5 may flip.
             flipped = (ours.pred_masks != ref.pred_masks).float().mean().item()
             assert flipped < 1e-4, flipped
             ours.remove("pred_masks"), ref.remove("pred_masks")

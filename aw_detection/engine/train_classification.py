@@ -2,7 +2,7 @@
 (the entry point of tools/train_classification.py and of the study runs).
 
     tools/train_classification.py --config-file configs/classification/shapes_R_18_aw.yaml
-    tools/train_classification.py --num-gpus 8 --config-file configs/classification/R_50_aw.yaml \\
+    tools/train_classification.py --num-gpus 8 --config-file configs/classification/imagenet_R_50_aw.yaml \\
         --data-dir /data/imagenet
     tools/train_classification.py --config-file CFG --data-dir D --eval-only MODEL.WEIGHTS out/model_final.pth
 

@@ -305,7 +305,7 @@ def share_weights(source, target):
     returns how many. A fresh AW network given the baseline's weights computes the baseline's
     function, so both see the same proposals: the cost of RoIAlign and NMS depends on the
     proposals' number and size, and unrelated random weights made it differ by tens of ms per
-    training step (measured, README "Cost goals")."""
+    training step (measured, docs/BENCHMARKS.md)."""
     own = target.state_dict()
     shared = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
     target.load_state_dict(shared, strict=False)
