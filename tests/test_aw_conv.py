@@ -123,6 +123,14 @@ def test_fresh_layer_is_the_plain_convolution(batch):
         assert torch.equal(layer(x), expected)
 
 
+def test_empty_batch_gives_an_empty_output():
+    layer = _randomised(AWConv2d(6, 8, 3, stride=2, padding=1))  # a C4 head given no boxes
+    x = torch.randn(0, 6, 7, 7, requires_grad=True)
+    out = layer(x)
+    assert out.shape == (0, 8, 4, 4)
+    out.sum().backward()
+
+
 def test_samples_are_independent():
     layer = _randomised(AWConv2d(6, 8, 3, padding=1)).double()
     x = torch.randn(3, 6, 8, 8, dtype=torch.float64)

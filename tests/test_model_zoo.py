@@ -28,7 +28,7 @@ BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 # repeat the others with tiny schedules.
 WALK = sorted(os.path.relpath(p, ZOO) for p in glob.glob(os.path.join(ZOO, "*", "*.yaml"))
               if "quick_schedules" not in p and "fast_rcnn" not in os.path.basename(p))
-QUICK = ["COCO-Detection/faster_rcnn_R_50_C4_1x.yaml", "COCO-Detection/retinanet_R_50_FPN_1x.yaml",
+QUICK = ["COCO-Detection/faster_rcnn_R_50_C4_1x.yaml", "COCO-Detection/rpn_R_50_C4_1x.yaml", "COCO-Detection/retinanet_R_50_FPN_1x.yaml",
          "COCO-InstanceSegmentation/mask_rcnn_R_50_DC5_1x.yaml",
          "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml", "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml",
          "Misc/mask_rcnn_R_50_FPN_3x_syncbn.yaml", "Misc/mask_rcnn_R_50_FPN_1x_dconv_c3-c5.yaml"]
@@ -74,6 +74,11 @@ def _check(path):
         with pytest.raises(ConfigError, match="deformable conv and attention cannot share a stage"):
             build_model(cfg)
         return
+    if cfg.MODEL.META_ARCHITECTURE == "ProposalNetwork" and "res5" not in cfg.MODEL.RESNETS.OUT_FEATURES:
+        with pytest.raises(ConfigError, match="MODEL.AW.STAGES has res5, which this backbone does "
+                                              "not build.*remove res5 from it"):
+            build_model(cfg)  # an RPN-only C4 model has no res5 anywhere
+        return
     model = build_model(cfg)
     blocks = BLOCKS[cfg.MODEL.RESNETS.DEPTH]
     assert sum(isinstance(m, AWConv2d) for m in model.modules()) == sum(blocks[1:])  # res3-res5
@@ -86,7 +91,7 @@ def _check(path):
     if cfg.MODEL.KEYPOINT_ON:
         # Detectron2's heatmap-to-keypoint step asserts on an untrained head's near-flat
         # heatmaps; inference then runs up to the boxes.
-        model.roi_heads.test_score_thresh = 1.0
+        model.roi_heads.box_predictor.test_score_thresh = 1.0
     with torch.no_grad():
         assert len(model(synthetic_batch(cfg, 1, train=False))) == 1
 

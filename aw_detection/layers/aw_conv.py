@@ -391,7 +391,11 @@ class AWConv2d(nn.Module):
     def forward(self, x):
         self._check_input(x)
         path = self.conv_path(x)
-        if path == "triton":
+        if isinstance(x.shape[0], int) and x.shape[0] == 0:
+            # No samples (a C4 head given no boxes): no attention to form, an empty output.
+            out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                           self.groups)
+        elif path == "triton":
             out = _triton().aw_conv2d_triton(self._conv_input(x), self.weight,
                                             self._attention_rows(x), self.stride, self.padding,
                                             self.dilation, self.groups)

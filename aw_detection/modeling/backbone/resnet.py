@@ -139,16 +139,22 @@ STAGE_KEYS = {"aw": "MODEL.AW.STAGES", "aa": "MODEL.AA.STAGES",
               "act_attention": "MODEL.ACT_ATTENTION.STAGES"}
 
 
+# Detectron2 meta-architectures that build no ROI heads (whatever MODEL.ROI_HEADS says).
+NO_ROI_HEADS = ("ProposalNetwork", "RetinaNet", "SemanticSegmentor")
+
+
 def _check_res5_is_built(cfg, out_features):
     """A C4 model's res5 runs in its ROI head: attention asked for there needs ours."""
-    if "res5" in out_features or cfg.MODEL.get("ROI_HEADS", {}).get("NAME") == "AttentionRes5ROIHeads":
+    in_head = (cfg.MODEL.ROI_HEADS.NAME == "AttentionRes5ROIHeads"
+               and cfg.MODEL.META_ARCHITECTURE not in NO_ROI_HEADS)
+    if "res5" in out_features or in_head:
         return
     asked = stage_attention(cfg, "res5")
     if asked:
         keys = sorted({STAGE_KEYS["act_attention" if k.startswith("act") else k] for k in asked})
         head = cfg.MODEL.ROI_HEADS.NAME
         fix = ("set MODEL.ROI_HEADS.NAME AttentionRes5ROIHeads" if head == "Res5ROIHeads"
-               else "remove res5 from it")
+               and cfg.MODEL.META_ARCHITECTURE not in NO_ROI_HEADS else "remove res5 from it")
         raise ConfigError(f"{', '.join(keys)} has res5, which this backbone does not build "
                           f"(MODEL.RESNETS.OUT_FEATURES={list(out_features)}, ROI head {head}): {fix}")
 
