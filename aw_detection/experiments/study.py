@@ -41,6 +41,7 @@ from scipy import stats
 
 from aw_detection.errors import UserError
 from aw_detection.evaluation.results import read_metrics_log
+from aw_detection.experiments.compare import METRICS as BOX_METRICS
 
 __all__ = ["load_spec", "plan_runs", "run_study", "collect_results", "included_seeds", "summarize",
            "paired_interval", "welch_interval", "t_interval", "write_report"]
@@ -50,7 +51,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # The runs' entry points, by module: they work from a checkout and from an installed package.
 MODULES = {"detection": "aw_detection.engine.train_net",
            "classification": "aw_detection.engine.train_classification"}
-METRICS = {"detection": ["AP", "AP50", "AP75", "APs", "APm", "APl"],
+METRICS = {"detection": BOX_METRICS,
            "classification": ["top1", "top5"]}
 SPEC_KEYS = {"name", "title", "description", "seeds", "baseline", "opts", "detection_args",
              "classification_args", "pretrain_output", "pretrain", "arms"}
