@@ -36,9 +36,9 @@ def tiny_shapes(tmp_path_factory):
     return {"splits": splits, "args": args}
 
 
-def run_tool(tool, *args, check=True, timeout=600):
+def run_tool(tool, *args, check=True, timeout=600, env=None):
     """Run tools/<tool> in a subprocess (the real CLI path); returns CompletedProcess."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -4,10 +4,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -244,54 +240,6 @@ def test_corrupt_or_foreign_weights(tiny_shapes, tmp_path):
                         *tiny_shapes["args"], *TINY_OPTS, "MODEL.WEIGHTS", str(weights),
                         "OUTPUT_DIR", str(tmp_path / "o"), check=False)
         _refused(proc, message)
-
-
-def _final_lr(output_dir):
-    lines = [json.loads(line) for line in open(os.path.join(output_dir, "metrics.json"))]
-    return [line for line in lines if "lr" in line][-1]
-
-
-def test_resume_after_sigkill_continues_weights_optimizer_and_schedule(tmp_path):
-    # Two images, no flip, every anchor and proposal sampled: training is deterministic up to
-    # float summation order, so a resumed run must end where an uninterrupted one does.
-    json_file = generate_shapes(str(tmp_path), "two", 2, seed=4)
-    opts = ["--dataset", f"two={json_file}:{tmp_path}/two", *TINY_OPTS,
-            "DATASETS.TRAIN", "('two',)", "DATASETS.TEST", "()", "INPUT.RANDOM_FLIP", "none",
-            "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "100000", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "1000",
-            # The LR step at 10 lies after the kill (about 6): a scheduler restarted from 0 at
-            # the resume would still be before its step at the end.
-            "SOLVER.MAX_ITER", "14", "SOLVER.STEPS", "(10,)", "SOLVER.CHECKPOINT_PERIOD", "3"]
-    killed = str(tmp_path / "killed")
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", AW_CONFIG,
-           *opts, "OUTPUT_DIR", killed]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = os.path.join(killed, "model_0000005.pth")
-    deadline = time.time() + 300
-    while not os.path.exists(checkpoint) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not os.path.exists(os.path.join(killed, "model_final.pth")), "killed too late"
-    last = open(os.path.join(killed, "last_checkpoint")).read().strip()
-    start = int(last[len("model_"):-len(".pth")]) + 1
-
-    resumed = run_tool("train_net.py", "--resume", "--config-file", AW_CONFIG, *opts, "OUTPUT_DIR", killed)
-    assert f"Starting training from iteration {start}" in resumed.stdout + resumed.stderr
-    straight = str(tmp_path / "straight")
-    run_tool("train_net.py", "--config-file", AW_CONFIG, *opts, "OUTPUT_DIR", straight)
-    a, b = _final_lr(killed), _final_lr(straight)
-    assert a["iteration"] == b["iteration"] == 13
-    assert a["lr"] == pytest.approx(b["lr"]) and a["lr"] < 0.5 * 0.001  # after the step at 10
-    ours = torch.load(os.path.join(killed, "model_final.pth"), weights_only=False)["model"]
-    ref = torch.load(os.path.join(straight, "model_final.pth"), weights_only=False)["model"]
-    initial = torch.load(os.path.join(straight, last), weights_only=False)["model"]
-    # How far apart the runs end, relative to how far the uninterrupted one moved after the
-    # checkpoint: ~1e-4 from summation order; resuming with the Adam moments reset gave 1.6,
-    # with the scheduler restarted 0.58 (measured).
-    apart = sum(((ours[k] - ref[k]) ** 2).sum() for k in ref) ** 0.5
-    moved = sum(((ref[k] - initial[k]) ** 2).sum() for k in ref) ** 0.5
-    assert apart / moved < 0.05
 
 
 def test_diverging_loss_stops_with_hint_and_keeps_checkpoint(tiny_shapes, tmp_path):

@@ -134,6 +134,12 @@ class Trainer(DefaultTrainer):
         return results
 
 
+def synchronize(device=None):
+    """Wait for the GPU's queued work (timings would stop the clock before it runs)."""
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.synchronize(device)
+
+
 class InferenceTimer:
     """Times the model's forward calls (model only: no data loading, no evaluation),
     skipping the first ``warmup`` calls as Detectron2's inference_on_dataset does."""
@@ -142,16 +148,12 @@ class InferenceTimer:
         self.model, self.warmup = model, warmup
         self.calls, self.images, self.seconds, self._start = 0, 0, 0.0, None
 
-    def _sync(self):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
     def _pre(self, module, inputs):
-        self._sync()
+        synchronize()
         self._start = time.perf_counter()
 
     def _post(self, module, inputs, output):
-        self._sync()
+        synchronize()
         self.calls += 1
         if self.calls > self.warmup:
             self.seconds += time.perf_counter() - self._start

@@ -38,11 +38,6 @@ __all__ = [
 RESNET50_3X3_SHAPES = [("res3", 128, 100, 134), ("res4", 256, 50, 67), ("res5", 512, 25, 34)]
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # "wall": elapsed time. "cpu": CPU time of this process, all its threads (spin-waits included):
 # on a machine shared with other jobs it measures the work rather than the waiting for a core;
 # most telling with one thread (OMP_NUM_THREADS=1).
@@ -52,6 +47,8 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 def time_interleaved(candidates, iters=10, warmup=2, device="cpu", clock="wall"):
     """Median seconds per call of each ``name -> fn``. Every round runs each candidate once,
     in a rotating order, so drift in machine speed hits all of them alike."""
+    from aw_detection.engine.trainer import synchronize
+
     if clock == "cpu" and torch.device(device).type != "cpu":
         raise ValueError(f"clock='cpu' measures CPU work; use clock='wall' on {device}")
     now = CLOCKS[clock]
@@ -59,7 +56,7 @@ def time_interleaved(candidates, iters=10, warmup=2, device="cpu", clock="wall")
     for _ in range(warmup):
         for name in names:
             candidates[name]()
-    _sync(device)
+    synchronize(device)
     times = {name: [] for name in names}
     events = torch.device(device).type == "cuda"  # GPU time of the stream, CUDA events
     for i in range(iters):

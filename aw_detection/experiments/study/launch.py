@@ -14,7 +14,7 @@ from aw_detection.errors import UserError, few
 from aw_detection.experiments.study.runs import (LOG, RECORD, TrainJob, label, last_error, num_gpus,
                                                  read_record, run_state, write_record)
 
-__all__ = ["Resources", "local_slots", "visible_gpus", "run_study", "is_live", "describe"]
+__all__ = ["Resources", "local_slots", "slurm_parameters", "visible_gpus", "run_study", "is_live", "describe"]
 
 PROGRESS = re.compile(r"iter: (\d+)\s+total_loss: (\S+)")
 LIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
@@ -62,17 +62,28 @@ def local_slots(gpus, per_run, jobs=None, cores=None):
     return slots, max(1, cores // len(slots))
 
 
+def slurm_parameters(resources, run=None, after=None):
+    """submitit's SlurmExecutor parameters for the study's jobs, or for the job of ``run``
+    (its GPUs per node, its name, after its pre-training job ``after``)."""
+    if run is not None:
+        return {"gpus_per_node": num_gpus(run), "job_name": label(run).replace(" ", "_"),
+                "dependency": f"afterok:{after.job_id}" if after else None}
+    params = {"time": int(resources.time_min), "nodes": resources.nodes, "ntasks_per_node": 1,
+              "signal_delay_s": resources.signal_delay_s}
+    params.update({k: v for k, v in (("partition", resources.partition),
+                                      ("cpus_per_task", resources.cpus_per_task),
+                                      ("mem", resources.mem_gb and f"{resources.mem_gb}GB")) if v})
+    return params
+
+
 def _executor(launcher, folder, resources):
     if launcher == "slurm":
-        executor = submitit.SlurmExecutor(folder=os.path.join(folder, "%j"),
-                                          max_num_timeout=resources.max_requeues)
-        params = {"time": int(resources.time_min), "nodes": resources.nodes, "ntasks_per_node": 1,
-                  "signal_delay_s": resources.signal_delay_s}
-        params.update({k: v for k, v in (("partition", resources.partition),
-                                          ("cpus_per_task", resources.cpus_per_task),
-                                          ("mem", resources.mem_gb and f"{resources.mem_gb}GB"))
-                       if v})
-        executor.update_parameters(**params)
+        try:
+            executor = submitit.SlurmExecutor(folder=os.path.join(folder, "%j"),
+                                              max_num_timeout=resources.max_requeues)
+        except RuntimeError as e:  # no srun: not a SLURM machine
+            raise UserError(f"--launcher slurm: {e} (run tools/study.py on a SLURM login node)")
+        executor.update_parameters(**slurm_parameters(resources))
         return executor
     if launcher != "local":
         raise UserError(f"--launcher must be local or slurm, got {launcher!r}")
@@ -115,11 +126,13 @@ def describe(run):
     if is_live(record):
         return ("submitted, " + where if status == "submitted" else f"running, {where}") + \
             (f", iter {progress[0]} loss {progress[1]}" if progress else "")
-    if status == "failed" or (status in ("started", "interrupted") and last_error(run["dir"])):
-        return f"failed: {record.get('error') or last_error(run['dir'])} (log: {run['dir']}/{LOG})"
+    if status == "failed":
+        return f"failed: {record.get('error')} (log: {os.path.join(run['dir'], LOG)})"
     if state == "partial":
         return "interrupted, resumes from its last checkpoint" + \
-            (f" (iter {progress[0]})" if progress else "")
+            (f" (logged up to iter {progress[0]})" if progress else "")
+    if status:
+        return "interrupted before its first checkpoint (starts over)"
     return "not started"
 
 
@@ -237,8 +250,7 @@ def _submit(executor, launcher, run, slot, threads, after=None):
     if launcher == "local":
         executor.update_parameters(gpus_per_node=len(slot), visible_gpus=slot)
     else:
-        executor.update_parameters(gpus_per_node=num_gpus(run), job_name=label(run).replace(" ", "_"),
-                                   dependency=f"afterok:{after.job_id}" if after else None)
+        executor.update_parameters(**slurm_parameters(None, run, after))
     write_record(run, "submitted")
     job = executor.submit(TrainJob(run, threads))
     if (read_record(run) or {}).get("status") == "submitted":  # the job may have started already

@@ -126,6 +126,21 @@ def last_error(run_dir, lines=40):
     return (errors or tail or [None])[-1]
 
 
+def _stop(child, seconds=60):
+    """Terminate the child and reap it. Not with Popen.wait: submitit calls checkpoint from a
+    signal handler that interrupted the job's own wait on the child, which holds Popen's lock."""
+    child.terminate()
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if os.waitpid(child.pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:  # reaped already
+            return
+        time.sleep(0.1)
+    child.kill()
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """Trains one run (``python -m aw_detection.engine.train_net ...`` in a child process,
     output to the run's study.log). On a preemption or time-out submitit calls
@@ -164,7 +179,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         child_env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(self.threads))
         os.makedirs(self.run["dir"], exist_ok=True)
         with open(os.path.join(self.run["dir"], LOG), "a") as log:
-            log.write(f"[study] {' '.join(args)}\n")
+            gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+            log.write(f"[study] job {env.job_id}" + (f", CUDA_VISIBLE_DEVICES={gpus}" if gpus else "")
+                      + f": {' '.join(args)}\n")
             log.flush()
             self._child = subprocess.Popen([sys.executable, *args], stdout=log,
                                            stderr=subprocess.STDOUT, env=child_env, cwd=ROOT)
@@ -182,11 +199,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args, **kwargs):
         """Stop the child (its last checkpoint is on disk) and requeue this job."""
-        if self._child is not None and self._child.poll() is None:
-            self._child.terminate()
-            try:
-                self._child.wait(60)
-            except subprocess.TimeoutExpired:
-                self._child.kill()
+        if self._child is not None:
+            _stop(self._child)
         write_record(self.run, "interrupted", job_id=submitit.JobEnvironment().job_id)
         return submitit.helpers.DelayedSubmission(TrainJob(self.run, self.threads))

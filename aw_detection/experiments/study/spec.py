@@ -64,6 +64,17 @@ def _name(value, where):
     return value
 
 
+def _structured(schema, raw, where):
+    """``raw`` merged into the dataclass ``schema`` (types converted, unknown keys refused) as
+    plain containers."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
+        return OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        key = f" {e.full_key}" if getattr(e, "full_key", None) else ""
+        raise UserError(f"{where}{key}: {e.msg.splitlines()[0]}")
+
+
 def _parse(path):
     try:
         with open(path) as f:
@@ -72,12 +83,12 @@ def _parse(path):
         raise UserError(f"{path}: not valid YAML ({e})")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a study spec is a mapping with 'seeds' and 'arms'")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(Spec), raw)
-        return OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
-    except OmegaConfBaseException as e:
-        key = f" {e.full_key}" if getattr(e, "full_key", None) else ""
-        raise UserError(f"{path}:{key}: {e.msg.splitlines()[0]}")
+    # Entries first, so that an error names its place (OmegaConf's keys start at the entry).
+    for i, arm in enumerate(raw.get("arms") or [] if isinstance(raw.get("arms"), list) else []):
+        _structured(Arm, arm, f"{path}: arms[{i}]")
+    for name, entry in (raw.get("pretrain") if isinstance(raw.get("pretrain"), dict) else {}).items():
+        _structured(Pretrain, entry, f"{path}: pretrain {name}")
+    return _structured(Spec, raw, f"{path}:")
 
 
 def load_spec(path):
