@@ -20,8 +20,8 @@ from aw_detection.data import generate_shapes
 from aw_detection.engine import Trainer
 from aw_detection.errors import UserError
 from aw_detection.evaluation.results import read_metrics_log
-from aw_detection.experiments.study import (load_spec, local_slots, paired_interval, plan_runs,
-                                            t_interval, welch_interval)
+from aw_detection.experiments.study import (describe, included_seeds, load_spec, local_slots, paired_interval,
+                                            plan_runs, run_study, t_interval, welch_interval)
 
 from .conftest import DEMO_CONFIG, ROOT, TINY_OPTS, run_tool
 
@@ -182,20 +182,23 @@ def test_study_runs_arms_and_seeds_and_reports_paired_deltas(tiny_study):
 
 def test_study_reuses_resumes_and_refuses(tiny_study):
     spec, out = tiny_study["spec"], tiny_study["out"]
-    again = run_tool("study.py", spec, "--output", out)
-    assert "4 of 4 arm runs finished earlier" in again.stdout and "iter " not in again.stdout
-    # A run killed after its checkpoint resumes from it.
+    # A run killed after its checkpoint resumes from it; the finished runs are reused.
     record_path = os.path.join(out, "base", "seed1", "study_run.json")
     record = json.load(open(record_path))
-    json.dump(dict(record, status="started"), open(record_path, "w"))
+    json.dump(dict(record, status="started", job_id="999999999"), open(record_path, "w"))
     resumed = run_tool("study.py", spec, "--output", out)
     assert "base seed 1: resuming from its last checkpoint" in resumed.stdout
+    assert "2 of 2 pre-training runs finished earlier" in resumed.stdout
     assert "3 of 4 arm runs finished earlier" in resumed.stdout
-    # Other settings in the same folders: refused, not mixed.
-    refused = run_tool("study.py", spec, "--output", out, "SOLVER.BASE_LR", "0.002", check=False)
-    assert refused.returncode == 2 and "made with another command" in refused.stderr
+    assert re.findall(r"(\S+ seed \d): submitted", resumed.stdout) == ["base seed 1"]
+    # Other settings in the same folders: refused before anything starts, not mixed.
+    pretrain, arms = plan_runs(load_spec(spec), out, ["SOLVER.BASE_LR", "0.002"])
+    with pytest.raises(UserError, match="6 run folder.*hold runs made with another command"):
+        run_study(pretrain, arms, str(tiny_study["out"]) + "/submitit")
+    # status: every run's state, and the report rebuilt from the finished runs.
     os.remove(os.path.join(out, "study.md"))
-    run_tool("study.py", spec, "--output", out, "--report-only")
+    status = run_tool("study.py", "status", spec, "--output", out).stdout
+    assert len(re.findall(r"^(pretrain )?\S+ seed \d: done \(\d", status, re.M)) == 6, status
     assert _rows(open(os.path.join(out, "study.md")).read(), "`base` (baseline)")[0][1] == "2"
 
 
@@ -231,18 +234,20 @@ def test_study_takes_whole_seeds_from_an_earlier_report(tiny_study, tmp_path):
     earlier.update(runs=runs, command="python tools/study.py tiny.yaml MODEL.DEVICE cuda")
     path = str(tmp_path / "earlier.json")
     json.dump(earlier, open(path, "w"))
-    proc = run_tool("study.py", spec, "--output", out, "--seeds", "1,2,3,4", "--include", path)
-    # Seed 3 came from the report; seed 4, incomplete there, was trained here.
-    assert "seed 3  iter" not in proc.stdout and not os.path.exists(os.path.join(out, "base", "seed3"))
-    assert "aw seed 4: done" in proc.stdout
+    # Seed 3 comes whole from the report; seed 4, incomplete there, is not taken (it would be
+    # trained here); seeds 1 and 2 are finished here.
+    wide = dict(load_spec(spec), seeds=[1, 2, 3, 4])
+    arms = plan_runs(wide, out)[1]
+    assert list(included_seeds([path], wide, arms)) == [3]
+    run_tool("study.py", spec, "--output", out, "--seeds", "1,2,3,4", "--include", path, "--report-only")
     study = json.load(open(os.path.join(out, "study.json")))
-    assert not study["missing"] and len(study["runs"]) == 8
+    assert study["missing"] == ["base seed 4", "aw seed 4"] and len(study["runs"]) == 6
     sources = {(r["arm"], r["seed"]): r.get("source") for r in study["runs"]}
     assert {k for k, v in sources.items() if v} == {("base", 3), ("aw", 3)}
     got = {(r["arm"], r["seed"]): r["AP"] for r in study["runs"]}
     assert all(got[k] == local[k] for k in local)  # seeds 1 and 2 as trained here
     aw = study["summary"]["arms"][1]["paired"]["AP"]
-    assert aw["n"] == 4 and aw["per_seed"]["3"] == pytest.approx(aw["per_seed"]["1"] + 1.0)
+    assert aw["n"] == 3 and aw["per_seed"]["3"] == pytest.approx(aw["per_seed"]["1"] + 1.0)
     text = open(os.path.join(out, "study.md")).read()
     assert f"2 runs (seeds 3) come from the earlier report `{path}`, made with " \
            "`python tools/study.py tiny.yaml MODEL.DEVICE cuda`" in text
@@ -250,9 +255,8 @@ def test_study_takes_whole_seeds_from_an_earlier_report(tiny_study, tmp_path):
     # Only a report of the same study (arms, configs, overrides).
     earlier["spec"]["arms"][1]["opts"] = ["MODEL.AW.ATTENTION_GROUPS", "4"]
     json.dump(earlier, open(path, "w"))
-    refused = run_tool("study.py", spec, "--output", out, "--report-only", "--include", path,
-                       check=False)
-    assert refused.returncode == 2 and "a report of another study (its arms differ" in refused.stderr
+    with pytest.raises(UserError, match=r"a report of another study \(its arms differ"):
+        included_seeds([path], wide, arms)
 
 
 def _wait_for(path, proc, seconds=300):
@@ -300,9 +304,13 @@ def test_killed_and_preempted_run_resumes_to_the_uninterrupted_result(tmp_path):
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert not os.path.exists(os.path.join(cut, "model_final.pth")), "killed too late"
-    status = run_tool("study.py", "status", str(spec), "--output", out).stdout
-    assert "cut seed 1: interrupted, resumes from its last checkpoint" in status
-    assert "straight seed 1: not started" in status
+    runs = plan_runs(load_spec(str(spec)), out)[1]  # what `tools/study.py status` prints
+    for _ in range(50):  # the killed job's processes end a moment after the driver
+        if not describe(runs[0]).startswith("running"):
+            break
+        time.sleep(0.1)
+    assert describe(runs[0]).startswith("interrupted, resumes from its last checkpoint")
+    assert describe(runs[1]) == "not started"
 
     second = study()
     _wait_for(os.path.join(cut, "model_0000008.pth"), second)

@@ -46,7 +46,7 @@ def test_compare_writes_table_csv_and_plot(runs, tmp_path):
     base_params = sum(p.numel() for p in build_model(load_config(
         os.path.join(runs["base"], "config.yaml"))).parameters())
     assert int(rows[0]["params"]) == base_params
-    aw_row = next(line for line in table.splitlines() if line.startswith("| aw |"))
+    aw_row = next(line for line in table.splitlines() if line.startswith("| aw "))
     delta = results["aw"]["AP"] - results["base"]["AP"]
     assert f'{results["aw"]["AP"]:.2f} ({delta:+.2f})' in aw_row
     assert os.path.getsize(tmp_path / "comparison.png") > 1000

@@ -10,7 +10,7 @@ from aw_detection.config import load_config, load_run_config
 from aw_detection.errors import UserError
 
 __all__ = ["user_errors", "add_model_arguments", "model_config", "add_dataset_arguments",
-           "launch_main", "DIVERGED_EXIT", "USER_ERROR_EXIT"]
+           "train_or_evaluate", "launch_main", "DIVERGED_EXIT", "USER_ERROR_EXIT"]
 
 USER_ERROR_EXIT = 2
 DIVERGED_EXIT = 3
@@ -81,6 +81,26 @@ def add_dataset_arguments(parser):
                         help="register (and validate) a COCO-format dataset under NAME; repeatable")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     return parser
+
+
+def train_or_evaluate(args, setup, trainer_class):
+    """The body of a train_net-style tool: the config from ``setup(args)``, then the trained or
+    (``--eval-only``) evaluated model's results; user errors end as :func:`user_errors` says."""
+    from aw_detection.checkpoint.checkpointer import AWCheckpointer
+
+    run = {}
+    with user_errors(args.debug, run):
+        cfg = setup(args)
+        run["output_dir"] = cfg.OUTPUT_DIR
+        if args.eval_only:
+            model = trainer_class.build_model(cfg)
+            AWCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True).resume_or_load(
+                cfg.MODEL.WEIGHTS, resume=args.resume
+            )
+            return trainer_class.test(cfg, model)
+        trainer = run["trainer"] = trainer_class(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
 
 
 def _worker(main, *args):

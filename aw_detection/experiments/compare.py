@@ -10,6 +10,8 @@ import math
 import os
 import statistics
 
+from tabulate import tabulate
+
 from aw_detection.evaluation.results import read_eval_results, read_metrics_log
 
 __all__ = ["METRICS", "load_run", "compare_runs", "group_by_config", "write_comparison"]
@@ -132,12 +134,11 @@ def _columns(rows):
 
 def markdown_table(rows):
     columns = _columns(rows)
-    lines = ["| run | " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * (len(columns) + 1)]
-    for i, row in enumerate(rows):
-        cells = [_cell(row, key, digits, scale, delta and i > 0)
-                 for _, key, digits, scale, delta in columns]
-        lines.append(f"| {row['run']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    table = [[row["run"]] + [_cell(row, key, digits, scale, delta and i > 0)
+                             for _, key, digits, scale, delta in columns]
+             for i, row in enumerate(rows)]
+    return tabulate(table, ["run"] + [c[0] for c in columns], tablefmt="github",
+                    disable_numparse=True)
 
 
 def write_comparison(rows, output_dir, title="Comparison"):

@@ -8,9 +8,11 @@ import re
 import socket
 import time
 
+import cloudpickle
 import submitit
 
 from aw_detection.errors import UserError, few
+from aw_detection.experiments.study import runs as runs_module
 from aw_detection.experiments.study.runs import (LOG, RECORD, TrainJob, label, last_error, num_gpus,
                                                  read_record, run_state, write_record)
 
@@ -107,9 +109,13 @@ def is_live(record):
         return bool(record.get("host"))  # a local job on another machine: this one cannot tell
     try:
         os.kill(int(job_id), 0)  # the job's controller process
-        return True
     except (OSError, ValueError):
         return False
+    try:  # a killed controller whose parent died too stays a zombie until init reaps it
+        with open(f"/proc/{int(job_id)}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def describe(run):
@@ -252,6 +258,9 @@ def _submit(executor, launcher, run, slot, threads, after=None):
     else:
         executor.update_parameters(**slurm_parameters(None, run, after))
     write_record(run, "submitted")
+    # The job pickled by value: its process then starts the run without importing this package
+    # (torch, Detectron2: seconds and hundreds of MB per job) only to unpickle it.
+    cloudpickle.register_pickle_by_value(runs_module)
     job = executor.submit(TrainJob(run, threads))
     if (read_record(run) or {}).get("status") == "submitted":  # the job may have started already
         write_record(run, "submitted", launcher=launcher, job_id=job.job_id,

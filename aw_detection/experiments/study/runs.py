@@ -178,7 +178,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         start = time.time()
         child_env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(self.threads))
         os.makedirs(self.run["dir"], exist_ok=True)
-        with open(os.path.join(self.run["dir"], LOG), "a") as log:
+        name = LOG if env.node == 0 else f"study.node{env.node}.log"  # a log per node
+        with open(os.path.join(self.run["dir"], name), "a") as log:
             gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
             log.write(f"[study] job {env.job_id}" + (f", CUDA_VISIBLE_DEVICES={gpus}" if gpus else "")
                       + f": {' '.join(args)}\n")
