@@ -1,4 +1,9 @@
+import contextlib
+import io
+import logging
 import os
+import random
+import runpy
 import subprocess
 import sys
 
@@ -44,3 +49,42 @@ def run_tool(tool, *args, check=True, timeout=600, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def run_tool_here(tool, *args):
+    """Run tools/<tool> as ``__main__`` in this process (the same code as :func:`run_tool`,
+    without a fresh interpreter's imports), for a tool expected to stop early, such as a
+    refusal. Returns a CompletedProcess; what the call registered or set up globally (datasets,
+    log handlers, RNG state) is undone afterwards. An exception other than SystemExit
+    propagates, so a traceback fails the test."""
+    import numpy as np
+    import torch
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.utils import logger as d2_logger
+
+    datasets = set(DatasetCatalog.list())
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
+    handlers = {lg: (list(lg.handlers), lg.propagate, lg.level) for lg in loggers}
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), 0
+    sys.argv = [os.path.join(ROOT, "tools", tool), *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(sys.argv[0], run_name="__main__")
+            except SystemExit as e:
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+        for name in set(DatasetCatalog.list()) - datasets:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        for lg in [logging.getLogger()] + list(logging.root.manager.loggerDict.values()):
+            if isinstance(lg, logging.Logger):
+                lg.handlers[:], lg.propagate, level = handlers.get(lg, ([], True, logging.NOTSET))
+                lg.setLevel(level)
+        d2_logger.setup_logger.cache_clear()
+        random.setstate(rng[0]), np.random.set_state(rng[1]), torch.set_rng_state(rng[2])
+    return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
