@@ -20,7 +20,7 @@ from aw_detection.experiments.benchmark import (
 )
 from aw_detection.config import load_config
 
-from .conftest import ROOT, run_tool
+from .conftest import ROOT, run_tool, run_tool_here
 
 DEMO = os.path.join(ROOT, "configs", "demo")
 
@@ -39,8 +39,8 @@ def test_benchmark_models(tmp_path):
     assert rows[1]["params"] > rows[0]["params"] and rows[1]["gflops"] > rows[0]["gflops"] > 0
     assert rows[0]["peak_memory_mb"] > 0
     assert "shapes_R_18_FPN_aw" in proc.stdout
-    proc = run_tool("benchmark.py", "--task", "train", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
-                    "--batched-path", "grouped", check=False)
+    proc = run_tool_here("benchmark.py", "--task", "train", "--config-file",
+                         f"{DEMO}/shapes_R_18_FPN.yaml", "--batched-path", "grouped")
     assert proc.returncode == 2 and "--batched-path times this process only: add --no-memory" in proc.stderr
 
 
@@ -114,7 +114,7 @@ def test_train_step_with_the_optimizer_runs_the_update_at_rate_0():
 
 
 def test_benchmark_needs_a_config():
-    proc = run_tool("benchmark.py", "--task", "inference", check=False)
+    proc = run_tool_here("benchmark.py", "--task", "inference")
     assert proc.returncode == 2 and "needs at least one --config-file" in proc.stderr
 
 

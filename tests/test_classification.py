@@ -23,7 +23,7 @@ from aw_detection.config import load_config
 from aw_detection.errors import UserError
 from aw_detection.evaluation import read_eval_results
 
-from .conftest import ROOT, run_tool
+from .conftest import ROOT, run_tool, run_tool_here
 
 CLS = os.path.join(ROOT, "configs", "classification")
 DEMO = os.path.join(ROOT, "configs", "demo")
@@ -265,8 +265,8 @@ def test_unreadable_and_corrupt_images(tmp_path, caplog):
 
 
 def test_cli_errors_without_traceback(tmp_path, tiny_folder):
-    proc = run_tool("train_classification.py", "--config-file", f"{CLS}/shapes_R_18.yaml",
-                    "--data-dir", str(tmp_path / "missing"), check=False)
+    proc = run_tool_here("train_classification.py", "--config-file", f"{CLS}/shapes_R_18.yaml",
+                         "--data-dir", str(tmp_path / "missing"))
     assert proc.returncode == 2 and "error: image folder" in proc.stderr and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
     def setup(config, *opts):

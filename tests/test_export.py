@@ -23,7 +23,7 @@ from aw_detection.export import (ExportError, compare_outputs, export, export_mo
                                  load_exported, output_names, traceable_model)
 from aw_detection.layers import AWConv2d
 
-from .conftest import ROOT, run_tool
+from .conftest import ROOT, run_tool, run_tool_here
 
 DEMO = os.path.join(ROOT, "configs", "demo")
 # Traced at 112 px (a random sample), checked on shapes images at 128 and 96 px.
@@ -280,8 +280,8 @@ def test_cli_exports_a_trained_run_that_runs_without_this_package(shapes_images,
 
 
 def test_cli_errors_are_clear(tmp_path):
-    proc = run_tool("export_model.py", "--config-file", os.path.join(DEMO, "shapes_R_18_FPN.yaml"),
-                    "--format", "onnx", "--output", str(tmp_path), check=False)
+    proc = run_tool_here("export_model.py", "--config-file", os.path.join(DEMO, "shapes_R_18_FPN.yaml"),
+                         "--format", "onnx", "--output", str(tmp_path))
     assert proc.returncode == 2 and "error: set MODEL.WEIGHTS" in proc.stderr
     assert "Traceback" not in proc.stderr
     model = build_model(_config("baseline", "MODEL.META_ARCHITECTURE", "ProposalNetwork"))
