@@ -40,7 +40,8 @@ def test_benchmark_models(tmp_path):
     assert rows[0]["peak_memory_mb"] > 0
     assert "shapes_R_18_FPN_aw" in proc.stdout
     proc = run_tool_here("benchmark.py", "--task", "train", "--config-file",
-                         f"{DEMO}/shapes_R_18_FPN.yaml", "--batched-path", "grouped")
+                         f"{DEMO}/shapes_R_18_FPN.yaml", "--batched-path", "grouped",
+                         check=False)
     assert proc.returncode == 2 and "--batched-path times this process only: add --no-memory" in proc.stderr
 
 
@@ -114,7 +115,7 @@ def test_train_step_with_the_optimizer_runs_the_update_at_rate_0():
 
 
 def test_benchmark_needs_a_config():
-    proc = run_tool_here("benchmark.py", "--task", "inference")
+    proc = run_tool_here("benchmark.py", "--task", "inference", check=False)
     assert proc.returncode == 2 and "needs at least one --config-file" in proc.stderr
 
 

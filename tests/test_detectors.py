@@ -34,7 +34,7 @@ from aw_detection.checkpoint.checkpointer import AWCheckpointer
 from aw_detection.config import load_config
 from aw_detection.layers import AAConv2d, AWConv2d
 
-from .conftest import ROOT, TINY_OPTS, run_tool
+from .conftest import ROOT, TINY_OPTS, run_tool, run_tool_here
 from .test_backbone import write_c2_r50_pkl
 
 CONFIGS = os.path.join(ROOT, "configs")
@@ -530,8 +530,8 @@ def test_demo_and_inspection(runs, tiny_shapes, tmp_path):
     # second run at the first run's median score keeps only the detections above it.
     def demo(name, confidence):
         out = str(tmp_path / f"demo_{name}_{confidence}")
-        run_tool("demo.py", "--run", runs[name], "--input", images, "--output", out,
-                 "--confidence", str(confidence))
+        run_tool_here("demo.py", "--run", runs[name], "--input", images, "--output", out,
+                      "--confidence", str(confidence))
         results = json.load(open(os.path.join(out, "detections.json")))
         assert len(results) == 6 and all(os.path.exists(os.path.join(out, r["output"])) for r in results)
         return sorted(d["score"] for r in results for d in r["detections"]), results
@@ -546,8 +546,8 @@ def test_demo_and_inspection(runs, tiny_shapes, tmp_path):
     assert all(r["detections"] for r in results)
     for name in ("retinanet", "mask_rcnn"):
         out = str(tmp_path / f"inspect_{name}")
-        run_tool("inspect_attention.py", "--run", runs[name], "--input", images, "--output", out,
-                 "--max-images", "2")
+        run_tool_here("inspect_attention.py", "--run", runs[name], "--input", images, "--output",
+                      out, "--max-images", "2")
         stats = json.load(open(os.path.join(out, "attention_stats.json")))
         assert len(stats) == 12  # R-18 res3-res5: 6 blocks x 2 AW convs (in res5 AA's branches)
 

@@ -73,16 +73,16 @@ def test_finetune_with_sparse_ids_and_implicit_fields(sparse_run):
 
 def test_demo_and_inspection_from_the_run_name_its_classes(sparse_run, tmp_path):
     images = os.path.join(sparse_run["root"], "val")
-    run_tool("demo.py", "--run", sparse_run["dir"], "--input", images, "--output",
-             str(tmp_path / "demo"), "--confidence", "0.0")
+    run_tool_here("demo.py", "--run", sparse_run["dir"], "--input", images, "--output",
+                  str(tmp_path / "demo"), "--confidence", "0.0")
     results = json.load(open(tmp_path / "demo" / "detections.json"))
     detections = [d for r in results for d in r["detections"]]
     assert detections
     for det in detections:  # the dataset's own ids, not the contiguous training index
         assert det["category_id"] in SPARSE["ids"]
         assert det["category"] == SPARSE["names"][SPARSE["ids"].index(det["category_id"])]
-    proc = run_tool("inspect_attention.py", "--run", sparse_run["dir"], "--input", images,
-                    "--output", str(tmp_path / "inspect"), "--max-images", "2")
+    proc = run_tool_here("inspect_attention.py", "--run", sparse_run["dir"], "--input", images,
+                         "--output", str(tmp_path / "inspect"), "--max-images", "2")
     assert "mass moved" in proc.stdout
 
 
@@ -109,8 +109,9 @@ def test_eval_only_from_the_run_config_and_mismatched_test_sets(sparse_run, tmp_
 
     # The original five shape classes: another category set, refused before evaluating.
     other = generate_shapes(str(tmp_path / "other"), "val", 3, seed=5)
-    proc = run_tool_here("train_net.py", *args, "--dataset", f"other_val={other}:{tmp_path}/other/val",
-                         *weights, "DATASETS.TEST", "('other_val',)", "OUTPUT_DIR", str(tmp_path / "o"))
+    proc = run_tool_here("train_net.py", *args, "--dataset",
+                         f"other_val={other}:{tmp_path}/other/val", *weights, "DATASETS.TEST",
+                         "('other_val',)", "OUTPUT_DIR", str(tmp_path / "o"), check=False)
     _refused(proc, r"test set other_val has categories \[1:circle, 2:rectangle.*but the model "
                    r"predicts those of MODEL.CLASS_NAMES .*\[3:round, 7:box, 11:pointy\]")
 
@@ -131,7 +132,7 @@ def test_cli_refuses_bad_sizes_and_boxes_before_training(tmp_path, case, mutate,
         json.dump(data, f)
     proc = run_tool_here("train_net.py", "--config-file", DEMO_CONFIG, "--dataset",
                          f"bad={json_file}:{tmp_path}/bad", *TINY_OPTS, "DATASETS.TRAIN", "('bad',)",
-                         "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path / "out"))
+                         "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path / "out"), check=False)
     _refused(proc, message)
     assert not os.path.exists(tmp_path / "out" / "metrics.json")  # refused before training
 
@@ -167,7 +168,7 @@ def test_weights_that_do_not_fit_are_refused_for_inference(fifteen_class_weights
         ("export_model.py", ["--config-file", AW_CONFIG, "--format", "torchscript",
                              "--output", str(tmp_path / "x")]),
     ):
-        _refused(run_tool_here(tool, *args, *weights), message)
+        _refused(run_tool_here(tool, *args, *weights, check=False), message)
 
 
 def test_training_from_weights_of_other_classes_says_so_in_one_line(fifteen_class_weights,
@@ -188,12 +189,12 @@ def test_resume_with_state_that_does_not_fit_names_the_cause(sparse_run, tmp_pat
             "DATASETS.TRAIN", "('mine_val',)", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "5",
             "OUTPUT_DIR", out]
     # A baseline config cannot continue an AW run: its attention would be dropped.
-    proc = run_tool_here("train_net.py", "--config-file", DEMO_CONFIG, *args)
+    proc = run_tool_here("train_net.py", "--config-file", DEMO_CONFIG, *args, check=False)
     _refused(proc, r"tensors the model lacks: backbone.bottom_up.res3.0.conv1.generator.*"
                    r"checkpoint has attention the config does not enable")
     # The same model, but frozen stem: the optimizer state no longer fits its parameters.
     proc = run_tool_here("train_net.py", "--config-file", AW_CONFIG, *args,
-                         "MODEL.BACKBONE.FREEZE_AT", "1")
+                         "MODEL.BACKBONE.FREEZE_AT", "1", check=False)
     _refused(proc, r"model_final.pth: its optimizer/scheduler state does not fit this run .*"
                    r"start a new run from its weights with MODEL.WEIGHTS")
     # A damaged last checkpoint is named as what it is, not as MODEL.WEIGHTS.
@@ -201,11 +202,11 @@ def test_resume_with_state_that_does_not_fit_names_the_cause(sparse_run, tmp_pat
         f.write(b"\x80\x04 truncated")
     with open(os.path.join(out, "last_checkpoint"), "w") as f:
         f.write("model_broken.pth")
-    proc = run_tool_here("train_net.py", "--config-file", AW_CONFIG, *args)
+    proc = run_tool_here("train_net.py", "--config-file", AW_CONFIG, *args, check=False)
     _refused(proc, r"^error: the last checkpoint \(--resume\) \S*model_broken.pth is not a "
                    r"readable Detectron2 checkpoint")
     os.remove(os.path.join(out, "model_broken.pth"))  # a last checkpoint that is gone
-    proc = run_tool_here("train_net.py", "--config-file", AW_CONFIG, *args)
+    proc = run_tool_here("train_net.py", "--config-file", AW_CONFIG, *args, check=False)
     _refused(proc, r"^error: the last checkpoint \(--resume\) \S*model_broken.pth cannot be "
                    r"opened \(Checkpoint \S* not found!\)\.$")
 
@@ -226,7 +227,7 @@ def test_cli_reports_input_errors_without_traceback(tiny_shapes, tmp_path):
           "DATASETS.TRAIN", "('tiny_train',)"], "NUM_CLASSES=3 but training set tiny_train has 5"),
     ]
     for args, message in cases:
-        _refused(run_tool_here("train_net.py", *args, *out), message)
+        _refused(run_tool_here("train_net.py", *args, *out, check=False), message)
 
 
 def test_corrupt_or_foreign_weights(tiny_shapes, tmp_path):
@@ -237,7 +238,7 @@ def test_corrupt_or_foreign_weights(tiny_shapes, tmp_path):
                              (tmp_path / "foreign.pth", "match none of the model's parameters")):
         proc = run_tool_here("train_net.py", "--eval-only", "--config-file", DEMO_CONFIG,
                              *tiny_shapes["args"], *TINY_OPTS, "MODEL.WEIGHTS", str(weights),
-                             "OUTPUT_DIR", str(tmp_path / "o"))
+                             "OUTPUT_DIR", str(tmp_path / "o"), check=False)
         _refused(proc, message)
 
 
