@@ -29,9 +29,10 @@ def test_benchmark_models(tmp_path):
     out = str(tmp_path / "bench.json")
     opts = ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "INPUT.MIN_SIZE_TRAIN", "(96,)",
             "INPUT.MAX_SIZE_TRAIN", "128"]
-    proc = run_tool("benchmark.py", "--task", "train", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
-                    "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml", "--iters", "2",
-                    "--batch-size", "2", "--output", out, *opts)
+    proc = run_tool_here("benchmark.py", "--task", "train",
+                         "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
+                         "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml", "--iters", "2",
+                         "--batch-size", "2", "--output", out, *opts)
     rows = json.load(open(out))
     assert [r["config"] for r in rows] == ["shapes_R_18_FPN", "shapes_R_18_FPN_aw"]
     assert rows[1]["ratio_to_first"] == pytest.approx(
@@ -48,7 +49,7 @@ def test_benchmark_models(tmp_path):
 def test_gpu_preset_smoke_runs_every_arm_with_each_kernel(tmp_path):
     """On CPU --preset gpu runs the GPU benchmark's code on narrow networks; every AW arm
     really runs the kernel it names (the fused one through Triton's interpreter)."""
-    proc = run_tool("benchmark.py", "--preset", "gpu", "--output-dir", str(tmp_path))
+    proc = run_tool_here("benchmark.py", "--preset", "gpu", "--output-dir", str(tmp_path))
     result = json.load(open(tmp_path / "gpu_benchmark.json"))
     assert result["info"]["smoke"] and result["info"]["triton"]
     rows = result["rows"]

@@ -513,7 +513,7 @@ def test_train_net_evaluates_boxes_and_masks(runs):
 
 
 def test_compare_shows_mask_ap_when_present(runs, tmp_path):
-    proc = run_tool("compare.py", runs["mask_rcnn"], runs["retinanet"], "--output", str(tmp_path))
+    proc = run_tool_here("compare.py", runs["mask_rcnn"], runs["retinanet"], "--output", str(tmp_path))
     header = next([c.strip() for c in line.split("|")] for line in proc.stdout.splitlines()
                   if line.startswith("| run "))
     assert header[header.index("APl") + 1:][:2] == ["mask AP", "mask AP50"]
@@ -554,10 +554,12 @@ def test_demo_and_inspection(runs, tiny_shapes, tmp_path):
 
 def test_benchmark_trains_retinanet_and_mask_rcnn(tmp_path):
     out = str(tmp_path / "bench.json")
-    run_tool("benchmark.py", "--task", "train", "--config-file", f"{DEMO}/shapes_retinanet_R_18_FPN.yaml",
-             "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml", "--iters", "1", "--batch-size", "2",
-             "--no-memory", "--output", out, "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN",
-             "128", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", *TINY_MASK_OPTS)
+    run_tool_here("benchmark.py", "--task", "train",
+                  "--config-file", f"{DEMO}/shapes_retinanet_R_18_FPN.yaml",
+                  "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml", "--iters", "1", "--batch-size", "2",
+                  "--no-memory", "--output", out, "INPUT.MIN_SIZE_TRAIN", "(96,)",
+                  "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST",
+                  "128", *TINY_MASK_OPTS)
     rows = json.load(open(out))
     assert [r["config"] for r in rows] == ["shapes_retinanet_R_18_FPN", "shapes_R_18_FPN"]
     assert all(r["seconds_per_iter"] > 0 for r in rows)
@@ -566,11 +568,12 @@ def test_benchmark_trains_retinanet_and_mask_rcnn(tmp_path):
 def test_analyze_model_counts_heads_by_hand(tmp_path):
     """fvcore's count of the heads against a hand count (R-18 bodies, COCO heads, 128x160)."""
     out = str(tmp_path / "stats.json")
-    run_tool("analyze_model.py", "--config-file", f"{CONFIGS}/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
-             "--config-file", f"{CONFIGS}/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_aw.yaml",
-             "--config-file", f"{CONFIGS}/COCO-Detection/retinanet_R_50_FPN_1x_aa_aw.yaml",
-             "--height", "128", "--width", "160", "--output", out, "MODEL.DEVICE", "cpu",
-             "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64")
+    run_tool_here("analyze_model.py",
+                  "--config-file", f"{CONFIGS}/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+                  "--config-file", f"{CONFIGS}/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_aw.yaml",
+                  "--config-file", f"{CONFIGS}/COCO-Detection/retinanet_R_50_FPN_1x_aa_aw.yaml",
+                  "--height", "128", "--width", "160", "--output", out, "MODEL.DEVICE", "cpu",
+                  "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64")
     faster, mask, retinanet = json.load(open(out))
     # Mask R-CNN: 100 detections (TEST.DETECTIONS_PER_IMAGE) through the mask head, each
     # 4 3x3 convs 256->256 on 14x14, a 2x2 deconv to 28x28 and a 1x1 conv to 80 classes.

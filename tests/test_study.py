@@ -23,7 +23,7 @@ from aw_detection.evaluation.results import read_metrics_log
 from aw_detection.experiments.study import (describe, included_seeds, load_spec, local_slots, paired_interval,
                                             plan_runs, run_study, t_interval, welch_interval)
 
-from .conftest import DEMO_CONFIG, ROOT, TINY_OPTS, run_tool
+from .conftest import DEMO_CONFIG, ROOT, TINY_OPTS, run_tool, run_tool_here
 
 STUDIES = os.path.join(ROOT, "configs", "studies")
 
@@ -197,7 +197,7 @@ def test_study_reuses_resumes_and_refuses(tiny_study):
         run_study(pretrain, arms, str(tiny_study["out"]) + "/submitit")
     # status: every run's state, and the report rebuilt from the finished runs.
     os.remove(os.path.join(out, "study.md"))
-    status = run_tool("study.py", "status", spec, "--output", out).stdout
+    status = run_tool_here("study.py", "status", spec, "--output", out).stdout
     assert len(re.findall(r"^(pretrain )?\S+ seed \d: done \(\d", status, re.M)) == 6, status
     assert _rows(open(os.path.join(out, "study.md")).read(), "`base` (baseline)")[0][1] == "2"
 
@@ -239,7 +239,8 @@ def test_study_takes_whole_seeds_from_an_earlier_report(tiny_study, tmp_path):
     wide = dict(load_spec(spec), seeds=[1, 2, 3, 4])
     arms = plan_runs(wide, out)[1]
     assert list(included_seeds([path], wide, arms)) == [3]
-    run_tool("study.py", spec, "--output", out, "--seeds", "1,2,3,4", "--include", path, "--report-only")
+    run_tool_here("study.py", spec, "--output", out, "--seeds", "1,2,3,4", "--include", path,
+                  "--report-only")
     study = json.load(open(os.path.join(out, "study.json")))
     assert study["missing"] == ["base seed 4", "aw seed 4"] and len(study["runs"]) == 6
     sources = {(r["arm"], r["seed"]): r.get("source") for r in study["runs"]}

@@ -32,7 +32,7 @@ def runs(tiny_shapes, tmp_path_factory):
 
 
 def test_compare_writes_table_csv_and_plot(runs, tmp_path):
-    proc = run_tool("compare.py", runs["base"], runs["aw"], "--output", str(tmp_path))
+    proc = run_tool_here("compare.py", runs["base"], runs["aw"], "--output", str(tmp_path))
     table = open(tmp_path / "comparison.md").read()
     assert table in proc.stdout
     rows = list(csv.DictReader(open(tmp_path / "comparison.csv")))
@@ -53,7 +53,8 @@ def test_compare_writes_table_csv_and_plot(runs, tmp_path):
 
 
 def test_compare_groups_seeds(runs, tmp_path):
-    run_tool("compare.py", runs["base"], runs["base_s2"], runs["aw"], "--seeds", "--output", str(tmp_path))
+    run_tool_here("compare.py", runs["base"], runs["base_s2"], runs["aw"], "--seeds", "--output",
+                  str(tmp_path))
     rows = list(csv.DictReader(open(tmp_path / "comparison.csv")))
     assert [int(r["seeds"]) for r in rows] == [2, 1]
     aps = [json.load(open(os.path.join(runs[k], "eval_results.json")))["tiny_val"]["bbox"]["AP"]
@@ -71,9 +72,9 @@ def test_demo_draws_and_lists_detections(runs, tiny_shapes, tmp_path):
     image_dir = tiny_shapes["splits"]["val"][1]
     weights = os.path.join(runs["aw"], "model_final.pth")
     out = str(tmp_path / "demo")
-    run_tool("demo.py", "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml", "--input", image_dir,
-             "--output", out, "--confidence", "0.0", "MODEL.WEIGHTS", weights,
-             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    run_tool_here("demo.py", "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml", "--input", image_dir,
+                  "--output", out, "--confidence", "0.0", "MODEL.WEIGHTS", weights,
+                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
     results = json.load(open(os.path.join(out, "detections.json")))
     assert len(results) == 6 and all(os.path.exists(os.path.join(out, r["output"])) for r in results)
     det = results[0]["detections"][0]
@@ -87,9 +88,9 @@ def test_demo_draws_and_lists_detections(runs, tiny_shapes, tmp_path):
 
 def test_inspect_attention(runs, tiny_shapes, tmp_path):
     out = str(tmp_path / "inspect")
-    proc = run_tool("inspect_attention.py", "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml",
-                    "--input", tiny_shapes["splits"]["val"][1], "--output", out, "--max-images", "3",
-                    "MODEL.WEIGHTS", os.path.join(runs["aw"], "model_final.pth"))
+    proc = run_tool_here("inspect_attention.py", "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml",
+                         "--input", tiny_shapes["splits"]["val"][1], "--output", out, "--max-images", "3",
+                         "MODEL.WEIGHTS", os.path.join(runs["aw"], "model_final.pth"))
     stats = json.load(open(os.path.join(out, "attention_stats.json")))
     assert len(stats) == 12  # R-18 res3-res5: 6 blocks x 2 convs
     first = next(iter(stats.values()))
@@ -119,9 +120,9 @@ def test_attention_statistics_by_hand():
 
 def test_analyze_model_counts_parameters_and_flops(tmp_path):
     out = str(tmp_path / "rows.json")
-    proc = run_tool("analyze_model.py", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
-                    "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml", "--height", "96",
-                    "--width", "128", "--output", out)
+    proc = run_tool_here("analyze_model.py", "--config-file", f"{DEMO}/shapes_R_18_FPN.yaml",
+                         "--config-file", f"{DEMO}/shapes_R_18_FPN_aw.yaml", "--height", "96",
+                         "--width", "128", "--output", out)
     base, aw = json.load(open(out))
     models = [build_model(load_config(f"{DEMO}/{name}.yaml"))
               for name in ("shapes_R_18_FPN", "shapes_R_18_FPN_aw")]
