@@ -49,7 +49,7 @@ def test_benchmark_models(tmp_path):
 def test_gpu_preset_smoke_runs_every_arm_with_each_kernel(tmp_path):
     """On CPU --preset gpu runs the GPU benchmark's code on narrow networks; every AW arm
     really runs the kernel it names (the fused one through Triton's interpreter)."""
-    proc = run_tool_here("benchmark.py", "--preset", "gpu", "--output-dir", str(tmp_path))
+    proc = run_tool("benchmark.py", "--preset", "gpu", "--output-dir", str(tmp_path))
     result = json.load(open(tmp_path / "gpu_benchmark.json"))
     assert result["info"]["smoke"] and result["info"]["triton"]
     rows = result["rows"]

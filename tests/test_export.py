@@ -23,7 +23,7 @@ from aw_detection.export import (ExportError, compare_outputs, export, export_mo
                                  load_exported, output_names, traceable_model)
 from aw_detection.layers import AWConv2d
 
-from .conftest import ROOT, run_tool, run_tool_here
+from .conftest import ROOT, run_tool_here
 
 DEMO = os.path.join(ROOT, "configs", "demo")
 # Traced at 112 px (a random sample), checked on shapes images at 128 and 96 px.
@@ -249,8 +249,9 @@ def test_cli_exports_a_trained_run_that_runs_without_this_package(shapes_images,
 
     cv2.imwrite(sample, image.permute(1, 2, 0).numpy().astype(np.uint8))
     for fmt in ("torchscript", "onnx"):
-        proc = run_tool("export_model.py", "--run", run_dir, "--format", fmt, "--export-method",
-                        "tracing", "--sample-image", sample, "--output", str(tmp_path / fmt))
+        proc = run_tool_here("export_model.py", "--run", run_dir, "--format", fmt,
+                             "--export-method", "tracing", "--sample-image", sample,
+                             "--output", str(tmp_path / fmt))
         assert "verified against the eager model" in proc.stdout
         info = json.load(open(tmp_path / fmt / "deploy.json"))
         assert info["class_names"][4] == "cross" and info["category_ids"][4] == 7
