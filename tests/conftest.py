@@ -63,10 +63,10 @@ def _loggers():
 
 def run_tool_here(tool, *args, check=True):
     """Run tools/<tool> as ``__main__`` in this process: the same code as :func:`run_tool`
-    without a fresh interpreter's imports (~6 s), for a tool that starts no training run. Returns a
-    CompletedProcess; what the call registered or set up globally (datasets, log handlers, RNG
-    state) is undone afterwards. An exception other than SystemExit propagates, so a traceback
-    fails the test."""
+    without a fresh interpreter's imports (~6 s), for a tool that starts no training run.
+    Returns a CompletedProcess; what the call registered or set up globally (datasets, log
+    handlers, RNG state) is undone afterwards. An exception other than SystemExit propagates,
+    so a traceback fails the test."""
     import numpy as np
     import torch
     from detectron2.utils import logger as d2_logger

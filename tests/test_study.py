@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import statistics
+import socket
 import subprocess
 import sys
 import time
@@ -20,8 +21,10 @@ from aw_detection.data import generate_shapes
 from aw_detection.engine import Trainer
 from aw_detection.errors import UserError
 from aw_detection.evaluation.results import read_metrics_log
-from aw_detection.experiments.study import (describe, included_seeds, load_spec, local_slots, paired_interval,
-                                            plan_runs, run_study, t_interval, welch_interval)
+from aw_detection.experiments.study import (describe, included_seeds, load_spec, local_slots,
+                                            paired_interval, plan_runs, run_study, t_interval,
+                                            welch_interval)
+from aw_detection.experiments.study.launch import is_live
 
 from .conftest import DEMO_CONFIG, ROOT, TINY_OPTS, run_tool, run_tool_here
 
@@ -339,6 +342,20 @@ def test_killed_and_preempted_run_resumes_to_the_uninterrupted_result(tmp_path):
     apart = sum(((ours[k] - ref[k]) ** 2).sum() for k in ref) ** 0.5
     moved = sum(((ref[k] - initial[k]) ** 2).sum() for k in ref) ** 0.5
     assert apart / moved < 0.05
+
+
+def test_a_local_job_is_live_while_its_controller_runs():
+    record = {"status": "started", "launcher": "local", "host": socket.gethostname()}
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
+    assert is_live(dict(record, job_id=proc.pid))
+    proc.stdin.close()  # it exits, and stays a zombie until reaped (as when its parent died)
+    deadline = time.time() + 30
+    while time.time() < deadline and open(f"/proc/{proc.pid}/stat").read().split(") ")[1][0] != "Z":
+        time.sleep(0.05)
+    assert not is_live(dict(record, job_id=proc.pid))
+    proc.wait()
+    assert not is_live(dict(record, job_id=proc.pid))  # reaped: no such process
 
 
 def test_local_slots_split_the_visible_gpus():

@@ -22,6 +22,10 @@ PROGRESS = re.compile(r"iter: (\d+)\s+total_loss: (\S+)")
 LIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
                      "RESIZING", "UNKNOWN"}
 
+# Jobs are pickled by value: a job's process then starts its run without importing this package
+# (torch, Detectron2: seconds and hundreds of MB per job) only to unpickle it.
+cloudpickle.register_pickle_by_value(runs_module)
+
 
 class Resources:
     """What a SLURM job asks for (tools/study.py's --partition, --nodes, --time, ...); the GPUs
@@ -258,9 +262,6 @@ def _submit(executor, launcher, run, slot, threads, after=None):
     else:
         executor.update_parameters(**slurm_parameters(None, run, after))
     write_record(run, "submitted")
-    # The job pickled by value: its process then starts the run without importing this package
-    # (torch, Detectron2: seconds and hundreds of MB per job) only to unpickle it.
-    cloudpickle.register_pickle_by_value(runs_module)
     job = executor.submit(TrainJob(run, threads))
     if (read_record(run) or {}).get("status") == "submitted":  # the job may have started already
         write_record(run, "submitted", launcher=launcher, job_id=job.job_id,
